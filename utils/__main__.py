@@ -1,0 +1,97 @@
+"""Command line: `python -m utils {check-data,prepare,run,report}`.
+
+A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+USER_ERROR = 2
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from utils.check_data import check_file, summary_lines
+    from utils.models import load_tokenizer, model_location
+    from utils.profiles import choose_profile
+    from transformers import AutoConfig
+
+    profile, _ = choose_profile()
+    tokenizer = load_tokenizer(profile)
+    config = AutoConfig.from_pretrained(model_location(profile))
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
+    report = check_file(args.path, tokenizer, context, args.input_column, args.target_column)
+    if not report.ok:
+        print("\n".join(report.problems))
+        print(f"{len(report.problems)} problem(s) found; nothing was changed.")
+        return USER_ERROR
+    print("\n".join(summary_lines(report, args.input_column, args.target_column)))
+    print(f"(token counts with the tokenizer of profile {profile.name!r})")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from utils.models import load_tokenizer, model_location
+    from utils.profiles import choose_profile
+
+    profile, reason = choose_profile()
+    print(f"Profile {profile.name} ({reason}): model ready at {model_location(profile)}")
+    load_tokenizer(profile)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from utils.course import library_versions
+    from utils.profiles import choose_profile
+    from utils.report import write_report
+    from utils.runner import run_course
+
+    profile, reason = choose_profile()
+    print(f"Running the course in profile {profile.name} ({reason}).")
+    ok = run_course(profile.name, args.notebooks or None, redo=args.redo)
+    path = write_report(profile.name, {"profile": profile.name, "seed": profile.seed, **library_versions()})
+    print(f"Report: {path}")
+    return 0 if ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from utils.course import library_versions
+    from utils.profiles import choose_profile
+    from utils.report import write_report
+
+    profile, _ = choose_profile()
+    print(write_report(profile.name, {"profile": profile.name, "seed": profile.seed, **library_versions()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils", description="Fine-tuning course helpers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-data", help="check a JSONL/CSV file of dialogues and summaries")
+    check.add_argument("path")
+    check.add_argument("--input-column", default="dialogue")
+    check.add_argument("--target-column", default="summary")
+    check.set_defaults(handler=_check_data)
+    prepare = commands.add_parser("prepare", help="build or convert the profile's model into the cache")
+    prepare.set_defaults(handler=_prepare)
+    run = commands.add_parser("run", help="execute the notebooks headless and write runs/<profile>/REPORT.md")
+    run.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 01 02 (default: all)")
+    run.add_argument("--redo", action="store_true", help="run notebooks that already finished again")
+    run.set_defaults(handler=_run)
+    report = commands.add_parser("report", help="rewrite runs/<profile>/REPORT.md from results.json")
+    report.set_defaults(handler=_report)
+    args = parser.parse_args(argv)
+
+    from utils.errors import USER_ERRORS
+
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

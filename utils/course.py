@@ -1,0 +1,71 @@
+"""The first cell of every notebook: pick the profile, fix seeds and threads, say what runs."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from utils.models import describe_model, resolve_device, resolve_dtype
+from utils.profiles import Profile, choose_profile, with_overrides
+from utils.results import record_result
+
+
+def configure_threads() -> int:
+    """Use $OMP_NUM_THREADS threads, else one per core (CPU timings are erratic otherwise)."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide results, for reports."""
+    import datasets
+    import peft
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+@dataclass
+class Course:
+    """One notebook's run: its name, the chosen profile and why it was chosen."""
+
+    notebook: str
+    profile: Profile
+    reason: str
+
+    @property
+    def model_name(self) -> str:
+        return describe_model(self.profile)
+
+    def record(self, method: str, variant: str = "", **measured) -> dict:
+        """Save what this notebook measured for `method` in runs/<profile>/results.json."""
+        return record_result(
+            self.profile.name, self.notebook, method, self.profile.model, variant=variant, **measured
+        )
+
+
+def start(notebook: str) -> Course:
+    """Choose the profile (COURSE_PROFILE, Colab, GPU or offline), seed everything, print a summary."""
+    profile, reason = choose_profile()
+    profile = with_overrides(profile)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = configure_threads()
+    transformers.set_seed(profile.seed)
+    device = resolve_device(profile)
+    course = Course(notebook=notebook, profile=profile, reason=reason)
+    print(f"Profile : {profile.name} ({reason})")
+    print(f"          {profile.description}")
+    print(f"Model   : {course.model_name} [{profile.family}]")
+    print(f"Data    : {profile.data}")
+    print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')}, {threads} CPU threads")
+    return course

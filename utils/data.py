@@ -1,0 +1,234 @@
+"""Dialogue/summary data: one loader for the Hub, the bundled sample and your own files,
+and tokenization for both model families."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+
+from utils.files import DATA_DIR
+from utils.hub import require_hub
+from utils.profiles import BUNDLED_DATA, Profile
+from utils.prompts import DEFAULT_TEMPLATE, encode, instruction, model_input
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("id", "dialogue", "summary", "topic", "references")
+BUNDLED_FOLDER = DATA_DIR / "dialogsum_sample"
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+class DataError(ValueError):
+    """The data the user pointed at cannot be read as dialogue/summary pairs."""
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+Problem = tuple[int | None, str, str]  # (line number or None for the whole file, what, how to fix)
+
+
+def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    """(line number, row) pairs of a .jsonl or .csv file, and the problems that stopped a row or the file."""
+    path = Path(path)
+    if not path.exists():
+        return [], [(None, "no such file", "check the path")]
+    if path.suffix not in (".jsonl", ".csv"):
+        return [], [(None, f"unsupported file type {path.suffix or '(none)'!r}", "use a .jsonl or .csv file")]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return [], [(None, f"cannot read the file ({error.__class__.__name__})", "save it as UTF-8 text")]
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        return [(reader.line_num, row) for row in reader], []
+    rows, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append((number, f"invalid JSON ({error.msg})", "write one JSON object per line"))
+            continue
+        if not isinstance(row, dict):
+            problems.append((number, "not a JSON object", 'write {"dialogue": ..., "summary": ...} on each line'))
+            continue
+        rows.append((number, row))
+    return rows, problems
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl or .csv file as dicts; DataError naming file:line at the first bad line."""
+    rows, problems = read_numbered_rows(path)
+    if problems:
+        line, what, fix = problems[0]
+        where = f"{path}:{line}" if line else str(path)
+        raise DataError(f"{where}: {what}. Fix: {fix} (`python -m utils check-data {path}` lists every problem).")
+    return [row for _, row in rows]
+
+
+def normalize_rows(
+    rows: list[dict], split: str, input_column: str = "dialogue", target_column: str = "summary"
+) -> dict[str, list]:
+    """Map rows of any supported layout to the course's columns.
+
+    DialogSum's test split has `summary1..3` (or, on the Hub, one row per reference);
+    all references of a dialogue end up in `references`, the first one in `summary`.
+    """
+    merged: dict[str, dict] = {}
+    for index, row in enumerate(rows):
+        references = [row[target_column]] if row.get(target_column) else []
+        references += [row[k] for k in ("summary1", "summary2", "summary3") if row.get(k)]
+        dialogue = row.get(input_column) or ""
+        key = dialogue  # the Hub's DialogSum test split repeats a dialogue once per reference
+        if key in merged and dialogue:
+            merged[key]["references"] += [r for r in references if r not in merged[key]["references"]]
+            continue
+        merged[key] = {
+            "id": str(row.get("id") or row.get("fname") or f"{split}_{index}"),
+            "dialogue": dialogue,
+            "summary": references[0] if references else "",
+            "topic": row.get("topic") or row.get("topic1") or "",
+            "references": references,
+        }
+    return {column: [r[column] for r in merged.values()] for column in COLUMNS}
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for suffix in (".jsonl", ".csv"):
+        if (folder / f"{split}{suffix}").exists():
+            return folder / f"{split}{suffix}"
+    return None
+
+
+def load_dialogues(
+    source: str = BUNDLED_DATA,
+    input_column: str = "dialogue",
+    target_column: str = "summary",
+    seed: int = 42,
+) -> DatasetDict:
+    """Train/validation/test splits with columns id, dialogue, summary, topic, references.
+
+    `source` is "bundled" (data/dialogsum_sample), "hub:<dataset id>", a folder holding
+    train/validation/test .jsonl or .csv files, or one .jsonl/.csv file (split 80/10/10).
+    """
+    if source.startswith("hub:"):
+        return _load_hub(source.removeprefix("hub:"))
+    folder = BUNDLED_FOLDER if source == BUNDLED_DATA else Path(source).expanduser()
+    if folder.is_dir():
+        splits = {}
+        for split in SPLITS:
+            path = _split_file(folder, split)
+            if path is None:
+                raise DataError(f"{folder}: no {split}.jsonl or {split}.csv")
+            rows = read_rows(path)
+            splits[split] = Dataset.from_dict(normalize_rows(rows, split, input_column, target_column))
+        return DatasetDict(splits)
+    if folder.is_file():
+        rows = read_rows(folder)
+        whole = Dataset.from_dict(normalize_rows(rows, "train", input_column, target_column))
+        if len(whole) < 10:
+            raise DataError(f"{folder}: {len(whole)} rows; at least 10 are needed to split train/validation/test")
+        first = whole.train_test_split(test_size=0.2, seed=seed)
+        rest = first["test"].train_test_split(test_size=0.5, seed=seed)
+        return DatasetDict(train=first["train"], validation=rest["train"], test=rest["test"])
+    raise DataError(f"{source}: no such file or folder (expected 'bundled', 'hub:<id>', a folder or a file)")
+
+
+def _load_hub(dataset_id: str) -> DatasetDict:
+    from datasets import load_dataset
+
+    require_hub(f"The dataset {dataset_id}")
+    raw = load_dataset(dataset_id)
+    return DatasetDict(
+        {split: Dataset.from_dict(normalize_rows(list(raw[split]), split)) for split in SPLITS if split in raw}
+    )
+
+
+def load_profile_data(profile: Profile) -> DatasetDict:
+    """The profile's data, each split cut to the profile's example count."""
+    data = load_dialogues(profile.data, seed=profile.seed)
+    limits = {
+        "train": profile.train_examples,
+        "validation": profile.validation_examples,
+        "test": profile.test_examples,
+    }
+    return DatasetDict(
+        {
+            split: data[split].select(range(min(limit, len(data[split])))) if limit else data[split]
+            for split, limit in limits.items()
+        }
+    )
+
+
+# --- tokenization ---------------------------------------------------------------------------
+
+
+def fit_dialogue(tokenizer: PreTrainedTokenizerBase, dialogue: str, max_tokens: int) -> str:
+    """Cut a dialogue to at most `max_tokens` tokens (the instruction around it is never cut)."""
+    ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return dialogue
+    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).rstrip() + " ..."
+
+
+def dialogue_budget(tokenizer: PreTrainedTokenizerBase, profile: Profile, template: str) -> int:
+    """Tokens left for the dialogue once the template and chat format take their share."""
+    empty = model_input(tokenizer, instruction("", template), profile.is_encoder_decoder)
+    overhead = len(encode(tokenizer, empty, profile.is_encoder_decoder)["input_ids"])
+    return max(8, profile.max_source_tokens - overhead)
+
+
+def prompts_for(
+    dialogues: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    profile: Profile,
+    template: str = DEFAULT_TEMPLATE,
+) -> list[str]:
+    """Model-ready prompt strings for dialogues (cut to fit the profile's source length)."""
+    budget = dialogue_budget(tokenizer, profile, template)
+    return [
+        model_input(tokenizer, instruction(fit_dialogue(tokenizer, d, budget), template), profile.is_encoder_decoder)
+        for d in dialogues
+    ]
+
+
+def tokenize_for_training(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    profile: Profile,
+    template: str = DEFAULT_TEMPLATE,
+) -> Dataset:
+    """input_ids / attention_mask / labels for supervised fine-tuning.
+
+    Encoder-decoder: the prompt goes to the encoder, the summary is the decoder's labels.
+    Decoder-only: prompt and summary form one sequence; the prompt's labels are
+    IGNORE_INDEX so the loss counts only the summary (and the end-of-turn token).
+    """
+    prompts = prompts_for(dataset["dialogue"], tokenizer, profile, template)
+    inputs = encode(tokenizer, prompts, profile.is_encoder_decoder)["input_ids"]
+    if profile.is_encoder_decoder:
+        targets = tokenizer(
+            text_target=dataset["summary"], max_length=profile.max_target_tokens, truncation=True
+        )["input_ids"]
+        columns = {"input_ids": inputs, "labels": targets}
+    else:
+        answers = tokenizer(dataset["summary"], add_special_tokens=False)["input_ids"]
+        eos = tokenizer.eos_token_id
+        input_ids, labels = [], []
+        for prompt_ids, answer_ids in zip(inputs, answers):
+            answer_ids = answer_ids[: profile.max_target_tokens - 1] + [eos]
+            input_ids.append(prompt_ids + answer_ids)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+        columns = {"input_ids": input_ids, "labels": labels}
+    columns["attention_mask"] = [[1] * len(ids) for ids in columns["input_ids"]]
+    return Dataset.from_dict(columns)
+
+
+def training_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
+    """Pads each batch to its longest example (dynamic padding); labels padded with IGNORE_INDEX."""
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest")

@@ -1,0 +1,8 @@
+"""The errors that mean "the user asked for something this machine or file cannot give"."""
+
+from utils.data import DataError
+from utils.hub import HubUnreachableError
+from utils.models import ModelUnavailableError
+from utils.profiles import ProfileError
+
+USER_ERRORS = (DataError, HubUnreachableError, ModelUnavailableError, ProfileError)

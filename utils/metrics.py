@@ -1,0 +1,79 @@
+"""ROUGE (rouge-score), BLEU (sacrebleu) and perplexity. No metric is written by hand here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+References = str | Sequence[str]
+
+
+def _as_lists(references: Sequence[References]) -> list[list[str]]:
+    return [[r] if isinstance(r, str) else list(r) for r in references]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[References]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 with stemming, as the Hugging Face `rouge` metric reports them.
+
+    A reference may be a list of several references; each prediction then scores
+    against its best-matching one (rouge-score's `score_multi`).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("rouge() needs at least one prediction")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = {name: 0.0 for name in ROUGE_TYPES}
+    for prediction, refs in zip(predictions, _as_lists(references)):
+        scores = scorer.score_multi(refs, prediction)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: totals[name] / len(predictions) for name in ROUGE_TYPES}
+
+
+def rouge_per_example(predictions: Sequence[str], references: Sequence[References]) -> list[dict[str, float]]:
+    """ROUGE F1 of each prediction, for tables of individual examples."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    return [
+        {name: score.fmeasure for name, score in scorer.score_multi(refs, prediction).items()}
+        for prediction, refs in zip(predictions, _as_lists(references))
+    ]
+
+
+def rouge_details(prediction: str, reference: str) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 of each ROUGE type for one pair (for worked examples)."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    return {
+        name: {"precision": s.precision, "recall": s.recall, "f1": s.fmeasure}
+        for name, s in scorer.score(reference, prediction).items()
+    }
+
+
+def bleu(predictions: Sequence[str], references: Sequence[References]) -> float:
+    """Corpus BLEU (sacrebleu, 0-100) with any number of references per prediction."""
+    refs = _as_lists(references)
+    width = max(len(r) for r in refs)
+    # sacrebleu wants one stream per reference position; pad short lists with their first reference.
+    streams = [[r[i] if i < len(r) else r[0] for r in refs] for i in range(width)]
+    return BLEU().corpus_score(list(predictions), streams).score
+
+
+def perplexity(model, batches) -> float:
+    """exp(mean loss per target token) over `batches` of input_ids / attention_mask / labels."""
+    total_loss, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            tokens = int((batch["labels"] != -100).sum())
+            total_loss += float(model(**batch).loss) * tokens
+            total_tokens += tokens
+    model.train(was_training)
+    return math.exp(total_loss / max(total_tokens, 1))

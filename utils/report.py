@@ -1,0 +1,98 @@
+"""runs/<profile>/REPORT.md: tables from results.json and plots beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from utils.files import runs_dir, write_text_atomic
+from utils.metrics import ROUGE_TYPES
+from utils.results import METHODS, load_results
+
+TABLE_COLUMNS = (
+    *ROUGE_TYPES,
+    "trainable_params",
+    "total_params",
+    "saved_bytes",
+    "peak_memory_mb",
+    "train_seconds",
+    "tokens_per_second",
+)
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(records: list[dict], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """One row per record (notebook, method, variant), only the columns some record has."""
+    present = [c for c in columns if any(c in r for r in records)]
+    header = ["notebook", "method", *present]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        method = r["method"] + (f" ({r['variant']})" if r.get("variant") else "")
+        lines.append("| " + " | ".join([r["notebook"], method, *(_format(r.get(c)) for c in present)]) + " |")
+    return "\n".join(lines)
+
+
+def sorted_records(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["notebook"], METHODS.index(r["method"]), r.get("variant", "")))
+
+
+def plot_rouge_by_method(records: list[dict], path: Path) -> Path | None:
+    """Grouped bars of ROUGE per method (records without a variant); None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = [r for r in sorted_records(records) if "rouge1" in r and not r.get("variant")]
+    if not main:
+        return None
+    labels = [f"{r['method']}\n{r['notebook'][:2]}" for r in main]
+    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(main)), 3.5))
+    width = 0.8 / len(ROUGE_TYPES)
+    for offset, name in enumerate(ROUGE_TYPES):
+        xs = [i + (offset - 1.5) * width for i in range(len(main))]
+        axes.bar(xs, [r.get(name) or 0 for r in main], width, label=name)
+    axes.set_xticks(range(len(main)), labels)
+    axes.set_ylabel("F1")
+    axes.set_title("ROUGE by method (test split)")
+    axes.legend(ncol=4, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(profile_name: str, environment: dict | None = None) -> Path:
+    """Write runs/<profile>/REPORT.md (and its plots) from results.json; return its path."""
+    folder = runs_dir(profile_name)
+    records = sorted_records(load_results(profile_name))
+    lines = [f"# Course report: profile `{profile_name}`", ""]
+    if environment:
+        lines += ["| setting | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in environment.items()]
+        lines.append("")
+    status_path = folder / "status.json"
+    if status_path.exists():
+        status = json.loads(status_path.read_text(encoding="utf-8"))
+        lines += ["## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
+        lines += [f"| {name} | {s['status']} | {s.get('seconds', 0):.0f} |" for name, s in sorted(status.items())]
+        lines.append("")
+    if not records:
+        lines.append("No results recorded yet.")
+    else:
+        lines += ["## Results", "", markdown_table(records), ""]
+        plot = plot_rouge_by_method(records, folder / "rouge_by_method.png")
+        if plot:
+            lines += ["![ROUGE by method](rouge_by_method.png)", ""]
+    path = folder / "REPORT.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

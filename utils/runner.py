@@ -1,0 +1,77 @@
+"""`make run`: execute the notebooks headless in one profile, keep executed copies, write the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from tqdm.auto import tqdm
+
+from utils.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+
+
+def notebook_paths(selected: list[str] | None = None) -> list[Path]:
+    """The course notebooks in order; `selected` keeps those whose name starts with one of its items."""
+    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if selected:
+        paths = [p for p in paths if any(p.name.startswith(s) for s in selected)]
+    return paths
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_notebook(path: Path, profile_name: str, timeout_seconds: int = 3600) -> tuple[bool, float, str]:
+    """Execute one notebook with COURSE_PROFILE set; save the executed copy. (ok, seconds, error)."""
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)
+    bar = tqdm(total=code_cells, desc=path.stem, unit="cell")
+    client = NotebookClient(
+        notebook,
+        timeout=timeout_seconds,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_executed=lambda **_: bar.update(1),
+    )
+    os.environ["COURSE_PROFILE"] = profile_name
+    started = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+    except CellExecutionError as failure:
+        error = str(failure).strip().splitlines()[-1] if str(failure).strip() else "a cell failed"
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    executed = runs_dir(profile_name) / "notebooks" / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(executed, nbformat.writes(notebook))
+    return not error, seconds, error
+
+
+def run_course(profile_name: str, selected: list[str] | None = None, redo: bool = False) -> bool:
+    """Run the notebooks not yet finished (all of them with `redo`); True when all succeeded."""
+    status_path = runs_dir(profile_name) / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() and not redo else {}
+    all_ok = True
+    for path in notebook_paths(selected):
+        previous = status.get(path.stem, {})
+        if previous.get("status") == "done" and previous.get("source") == _digest(path):
+            print(f"{path.stem}: already done in profile {profile_name} (make run REDO=1 to run it again)")
+            continue
+        print(f"{path.stem}: running in profile {profile_name}...", flush=True)
+        ok, seconds, error = run_notebook(path, profile_name)
+        status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path)}
+        write_json_atomic(status_path, status)
+        print(f"{path.stem}: {'done' if ok else 'FAILED: ' + error} in {seconds:.0f} s", flush=True)
+        all_ok &= ok
+    return all_ok
