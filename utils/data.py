@@ -209,15 +209,15 @@ def tokenize_for_training(
     Decoder-only: prompt and summary form one sequence; the prompt's labels are
     IGNORE_INDEX so the loss counts only the summary (and the end-of-turn token).
     """
-    prompts = prompts_for(dataset["dialogue"], tokenizer, profile, template)
+    prompts = prompts_for(list(dataset["dialogue"]), tokenizer, profile, template)
     inputs = encode(tokenizer, prompts, profile.is_encoder_decoder)["input_ids"]
     if profile.is_encoder_decoder:
         targets = tokenizer(
-            text_target=dataset["summary"], max_length=profile.max_target_tokens, truncation=True
+            text_target=list(dataset["summary"]), max_length=profile.max_target_tokens, truncation=True
         )["input_ids"]
         columns = {"input_ids": inputs, "labels": targets}
     else:
-        answers = tokenizer(dataset["summary"], add_special_tokens=False)["input_ids"]
+        answers = tokenizer(list(dataset["summary"]), add_special_tokens=False)["input_ids"]
         eos = tokenizer.eos_token_id
         input_ids, labels = [], []
         for prompt_ids, answer_ids in zip(inputs, answers):

@@ -1,0 +1,33 @@
+"""Test settings: no progress bars, no network, results and checkpoints in a temporary folder."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("COURSE_PROFILE", None)
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs(tmp_path, monkeypatch):
+    """Every test writes runs/ (results, reports, checkpoints) under its own temporary folder."""
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture(params=["tiny", "tiny-causal"])
+def tiny_profile(request):
+    """Both tiny profiles: an encoder-decoder and a decoder-only model."""
+    from utils.profiles import get_profile
+
+    return get_profile(request.param)
+
+
+@pytest.fixture
+def tiny_model_and_tokenizer(tiny_profile):
+    from utils.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(tiny_profile)

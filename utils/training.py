@@ -1,0 +1,171 @@
+"""Supervised fine-tuning with the transformers Trainer, for every method (full, LoRA, prompt tuning, QLoRA).
+
+Checkpoints go to runs/<profile>/checkpoints/<name>/. Rerunning the same training
+resumes from the last checkpoint after an interruption, and reuses the finished model
+when the same training already completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from utils.data import training_collator
+from utils.files import runs_dir, write_json_atomic
+from utils.measure import PeakMemory
+from utils.models import resolve_device, resolve_dtype
+from utils.profiles import Profile
+
+FINISHED = "finished.json"
+
+
+@dataclass
+class TrainingRun:
+    """What a training run produced and measured."""
+
+    model: PreTrainedModel
+    output_dir: Path
+    history: list[dict]  # the Trainer's log history: train and eval losses by step
+    train_seconds: float
+    tokens_per_second: float
+    peak_memory_mb: float
+    reused: bool  # True when a finished run was loaded instead of trained
+
+    def losses(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """(step, train loss) and (step, validation loss) pairs, for plots."""
+        train = [(h["step"], h["loss"]) for h in self.history if "loss" in h]
+        validation = [(h["step"], h["eval_loss"]) for h in self.history if "eval_loss" in h]
+        return train, validation
+
+
+def total_steps(profile: Profile, examples: int, epochs: float | None = None) -> int:
+    """Optimizer steps the profile's settings give for `examples` training examples."""
+    if profile.max_steps > 0:
+        return profile.max_steps
+    return math.ceil(math.ceil(examples / profile.batch_size) * (epochs or profile.epochs))
+
+
+def training_arguments(
+    profile: Profile, output_dir: Path, learning_rate: float, steps: int, **overrides
+) -> TrainingArguments:
+    """TrainingArguments from the profile: about five evaluations and checkpoints per run."""
+    device = resolve_device(profile)
+    dtype = resolve_dtype(profile)
+    interval = max(1, steps // 5)
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=profile.batch_size,
+        per_device_eval_batch_size=profile.eval_batch_size,
+        learning_rate=learning_rate,
+        max_steps=steps,
+        weight_decay=0.01,
+        warmup_steps=max(1, steps // 10),
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=interval,
+        logging_steps=max(1, interval // 2),
+        save_strategy="steps",
+        save_steps=interval,
+        save_total_limit=2,
+        train_sampling_strategy="group_by_length",  # similar lengths per batch: less padding, faster steps
+        report_to="none",
+        use_cpu=device.type == "cpu",
+        bf16=dtype == torch.bfloat16,
+        seed=profile.seed,
+        data_seed=profile.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def _fingerprint(arguments: TrainingArguments, train_dataset: Dataset, extra: str) -> str:
+    relevant = {k: str(v) for k, v in arguments.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
+    text = json.dumps(relevant, sort_keys=True) + train_dataset._fingerprint + extra
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    profile: Profile,
+    name: str,
+    train_dataset: Dataset,
+    eval_dataset: Dataset,
+    learning_rate: float,
+    epochs: float | None = None,
+    **argument_overrides,
+) -> TrainingRun:
+    """Fine-tune `model` (full, or with a PEFT adapter attached) and measure the run.
+
+    `name` names the checkpoint folder (runs/<profile>/checkpoints/<name>). The model is
+    trained in place; the same object is returned in the TrainingRun.
+    """
+    output_dir = runs_dir(profile.name) / "checkpoints" / name
+    steps = total_steps(profile, len(train_dataset), epochs)
+    arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
+    fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{type(model).__name__}")
+    finished = output_dir / FINISHED
+    if finished.exists():
+        record = json.loads(finished.read_text())
+        if record["fingerprint"] == fingerprint:
+            _load_final_weights(model, output_dir / "final")
+            print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
+            return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
+                               record["tokens_per_second"], record["peak_memory_mb"], reused=True)
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=training_collator(tokenizer),
+        processing_class=tokenizer,
+    )
+    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    if last:
+        print(f"Resuming from {last}")
+    with PeakMemory(resolve_device(profile)) as memory:
+        trainer.train(resume_from_checkpoint=last)
+    # Throughput in real (unpadded) tokens: mean example length x batch size x steps run here.
+    mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
+    steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+    tokens_per_second = mean_tokens * profile.batch_size * steps_run / memory.seconds
+    trainer.save_model(str(output_dir / "final"))
+    history = trainer.state.log_history
+    write_json_atomic(finished, {
+        "fingerprint": fingerprint, "history": history, "train_seconds": memory.seconds,
+        "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
+    })
+    return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False)
+
+
+def _load_final_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Load saved weights (full model or adapter) into `model` in place."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No safetensors weights in {folder}")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        result = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        missing = [k for k in result.missing_keys if k not in tied and not k.endswith("lm_head.weight")]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{folder} holds weights of another model ({missing or result.unexpected_keys})")
