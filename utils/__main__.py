@@ -14,14 +14,14 @@ USER_ERROR = 2
 
 def _check_data(args: argparse.Namespace) -> int:
     from utils.check_data import check_file, summary_lines
-    from utils.models import load_tokenizer, model_location
-    from utils.profiles import choose_profile
     from transformers import AutoConfig
+
+    from utils.models import context_window, load_tokenizer, model_location
+    from utils.profiles import choose_profile
 
     profile, _ = choose_profile()
     tokenizer = load_tokenizer(profile)
-    config = AutoConfig.from_pretrained(model_location(profile))
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
+    context = context_window(AutoConfig.from_pretrained(model_location(profile)), tokenizer)
     report = check_file(args.path, tokenizer, context, args.input_column, args.target_column)
     if not report.ok:
         print("\n".join(report.problems))

@@ -197,38 +197,58 @@ def prompts_for(
     ]
 
 
+def tokenize_pairs(
+    prompts: list[str], targets: list[str], tokenizer: PreTrainedTokenizerBase, profile: Profile
+) -> Dataset:
+    """input_ids / attention_mask / labels for model-ready prompts and the texts to learn after them.
+
+    Encoder-decoder: the prompt goes to the encoder, the target is the decoder's labels.
+    Decoder-only: prompt and target form one sequence; the prompt's labels are
+    IGNORE_INDEX so the loss counts only the target (and the end-of-turn token).
+    """
+    inputs = encode(tokenizer, prompts, profile.is_encoder_decoder)["input_ids"]
+    if profile.is_encoder_decoder:
+        labels = tokenizer(text_target=targets, max_length=profile.max_target_tokens, truncation=True)["input_ids"]
+        input_ids = inputs
+    else:
+        answers = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        input_ids, labels = [], []
+        for prompt_ids, answer_ids in zip(inputs, answers):
+            answer_ids = answer_ids[: profile.max_target_tokens - 1] + [tokenizer.eos_token_id]
+            input_ids.append(prompt_ids + answer_ids)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+    return Dataset.from_dict(
+        {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
+    )
+
+
 def tokenize_for_training(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     profile: Profile,
     template: str = DEFAULT_TEMPLATE,
 ) -> Dataset:
-    """input_ids / attention_mask / labels for supervised fine-tuning.
-
-    Encoder-decoder: the prompt goes to the encoder, the summary is the decoder's labels.
-    Decoder-only: prompt and summary form one sequence; the prompt's labels are
-    IGNORE_INDEX so the loss counts only the summary (and the end-of-turn token).
-    """
+    """Instruction-tuning examples: each dialogue in the template, its summary as the target."""
     prompts = prompts_for(list(dataset["dialogue"]), tokenizer, profile, template)
-    inputs = encode(tokenizer, prompts, profile.is_encoder_decoder)["input_ids"]
-    if profile.is_encoder_decoder:
-        targets = tokenizer(
-            text_target=list(dataset["summary"]), max_length=profile.max_target_tokens, truncation=True
-        )["input_ids"]
-        columns = {"input_ids": inputs, "labels": targets}
-    else:
-        answers = tokenizer(list(dataset["summary"]), add_special_tokens=False)["input_ids"]
-        eos = tokenizer.eos_token_id
-        input_ids, labels = [], []
-        for prompt_ids, answer_ids in zip(inputs, answers):
-            answer_ids = answer_ids[: profile.max_target_tokens - 1] + [eos]
-            input_ids.append(prompt_ids + answer_ids)
-            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
-        columns = {"input_ids": input_ids, "labels": labels}
-    columns["attention_mask"] = [[1] * len(ids) for ids in columns["input_ids"]]
-    return Dataset.from_dict(columns)
+    return tokenize_pairs(prompts, list(dataset["summary"]), tokenizer, profile)
 
 
 def training_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
     """Pads each batch to its longest example (dynamic padding); labels padded with IGNORE_INDEX."""
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest")
+
+
+def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int):
+    """Padded batches of a tokenized dataset, in order (for perplexity and other loss measurements)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(tokenized, batch_size=batch_size, collate_fn=training_collator(tokenizer))
+
+
+GENERAL_QA = DATA_DIR / "general_qa" / "general_qa.jsonl"
+
+
+def load_general_qa() -> Dataset:
+    """The second task (general questions and instructions) used to measure forgetting."""
+    rows = read_rows(GENERAL_QA)
+    return Dataset.from_dict({key: [r[key] for r in rows] for key in ("id", "instruction", "response")})

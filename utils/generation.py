@@ -52,3 +52,33 @@ def generate(
         tokenizer.padding_side = previous_side
         model.train(was_training)
     return outputs
+
+
+def next_token_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:
+    """Logits over the vocabulary for the first token the model would write after `prompt`."""
+    is_encoder_decoder = model.config.is_encoder_decoder
+    encoded = encode(tokenizer, [prompt], is_encoder_decoder, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        if is_encoder_decoder:
+            start = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
+            logits = model(**encoded, decoder_input_ids=start).logits
+        else:
+            logits = model(**encoded).logits
+    return logits[0, -1].float()
+
+
+def sampling_distribution(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Probabilities the sampler draws from, after transformers' own temperature / top-k / top-p warpers."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = logits.unsqueeze(0).clone()
+    warpers = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p:
+        warpers.append(TopPLogitsWarper(top_p))
+    for warper in warpers:
+        scores = warper(None, scores)
+    return torch.softmax(scores, dim=-1)[0]

@@ -49,3 +49,16 @@ class PeakMemory:
             self._thread.join()
             self.peak_mb = max(self.peak_mb, psutil.Process().memory_info().rss / 2**20)
         self.seconds = time.perf_counter() - self._started
+
+
+def full_finetuning_memory_mb(model: torch.nn.Module) -> dict[str, float]:
+    """What full fine-tuning with AdamW must hold besides activations, from the parameter count.
+
+    Weights and gradients take one number per parameter each, AdamW two more (its moment
+    estimates), all in the parameters' dtype. Activations depend on batch and length:
+    compare the sum with a measured peak to see their share.
+    """
+    parameters = sum(p.numel() for p in model.parameters())
+    bytes_each = next(model.parameters()).element_size()
+    megabytes = parameters * bytes_each / 2**20
+    return {"weights": megabytes, "gradients": megabytes, "optimizer states": 2 * megabytes}

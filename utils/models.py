@@ -274,6 +274,13 @@ def ensure_smollm2() -> Path:
     return target
 
 
+def context_window(model_or_config, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Longest input the model takes: its position table, else the tokenizer's declared maximum (T5: 512)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    positions = getattr(config, "max_position_embeddings", None)
+    return int(positions or min(tokenizer.model_max_length, 10**6))
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -56,6 +56,11 @@ class Profile:
     # Numerics and hardware.
     dtype: str  # "float32" or "bfloat16"
     device: str  # "cpu", "cuda" or "auto"
+    # LoRA: the rank of the main adapter, and the rank sweep (on a smaller slice of data).
+    lora_rank: int = 16
+    sweep_ranks: tuple[int, ...] = (1, 4, 16, 64)
+    sweep_train_examples: int = 32
+    sweep_test_examples: int = 16
     seed: int = 42
     cost: str = ""  # what running the whole course takes, for the README and the notebook header
 
@@ -88,6 +93,10 @@ _TINY_COMMON = dict(
     max_new_tokens=12,
     dtype="float32",
     device="cpu",
+    lora_rank=4,
+    sweep_ranks=(1, 4),
+    sweep_train_examples=8,
+    sweep_test_examples=4,
     cost="seconds per notebook on any CPU; outputs are random text (random weights)",
 )
 

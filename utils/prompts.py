@@ -15,6 +15,8 @@ TEMPLATES: dict[str, str] = {
     "flan_question": "Dialogue:\n{dialogue}\n\nWhat is a summary of this dialogue?",
     "flan_one_sentence": "Read the dialogue and say in one or two sentences what happened.\n\n{dialogue}",
 }
+# A second task on the same dialogues (notebook 03 swaps adapters between the two).
+TOPIC_TEMPLATE = "What is the topic of this conversation? Answer in one to three words.\n\n{dialogue}\n\nTopic:"
 DEFAULT_TEMPLATE = "classic"
 
 
@@ -24,10 +26,10 @@ def instruction(
     examples: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The instruction for one dialogue; `examples` (dialogue, summary) pairs make it few-shot."""
-    try:
-        pattern = TEMPLATES[template]
-    except KeyError:
-        raise ValueError(f"Unknown template {template!r}. Known: {', '.join(TEMPLATES)}.") from None
+    patterns = {**TEMPLATES, "topic": TOPIC_TEMPLATE}
+    if template not in patterns:
+        raise ValueError(f"Unknown template {template!r}. Known: {', '.join(patterns)}.")
+    pattern = patterns[template]
     shots = [pattern.format(dialogue=d) + " " + s for d, s in examples]
     return "\n\n\n".join([*shots, pattern.format(dialogue=dialogue)])
 

@@ -57,10 +57,10 @@ def total_steps(profile: Profile, examples: int, epochs: float | None = None) ->
 def training_arguments(
     profile: Profile, output_dir: Path, learning_rate: float, steps: int, **overrides
 ) -> TrainingArguments:
-    """TrainingArguments from the profile: about five evaluations and checkpoints per run."""
+    """TrainingArguments from the profile: four evaluations and checkpoints per run."""
     device = resolve_device(profile)
     dtype = resolve_dtype(profile)
-    interval = max(1, steps // 5)
+    interval = max(1, math.ceil(steps / 4))
     settings = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=profile.batch_size,
@@ -68,14 +68,14 @@ def training_arguments(
         learning_rate=learning_rate,
         max_steps=steps,
         weight_decay=0.01,
-        warmup_steps=max(1, steps // 10),
+        warmup_steps=steps // 10 if steps >= 20 else 0,  # a warm-up step runs at lr 0: none on short runs
         lr_scheduler_type="linear",
         eval_strategy="steps",
         eval_steps=interval,
-        logging_steps=max(1, interval // 2),
+        logging_steps=1,
         save_strategy="steps",
         save_steps=interval,
-        save_total_limit=2,
+        save_total_limit=1,  # the newest checkpoint is all a resume needs
         train_sampling_strategy="group_by_length",  # similar lengths per batch: less padding, faster steps
         report_to="none",
         use_cpu=device.type == "cpu",

@@ -1,0 +1,88 @@
+"""The Hub check answers within seconds, and online profiles fail fast and clearly without it."""
+
+import time
+
+import pytest
+import requests
+
+from utils.hub import HubUnreachableError, hub_reachable, require_hub
+from utils.models import model_location
+from utils.profiles import get_profile
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub_answer():
+    """hub_reachable() is lru_cached: forget its answer around every test."""
+    hub_reachable.cache_clear()
+    yield
+    hub_reachable.cache_clear()
+
+
+def test_hub_is_unreachable_with_hf_hub_offline_and_answers_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    started = time.perf_counter()
+    reachable = hub_reachable()
+
+    assert reachable is False
+    assert time.perf_counter() - started < 1.0
+
+
+def test_hf_hub_offline_true_also_counts(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    monkeypatch.setattr(requests, "head", lambda *a, **k: pytest.fail("no request when offline"))
+
+    assert hub_reachable() is False
+
+
+def test_the_hub_request_has_a_timeout_and_a_network_error_means_unreachable(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def no_network(url, timeout=None, **kwargs):
+        calls.append(timeout)
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(requests, "head", no_network)
+
+    assert hub_reachable() is False
+    assert calls and calls[0] is not None and calls[0] <= 10  # never waits forever
+
+
+def test_the_answer_is_cached(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    class Answer:
+        status_code = 200
+
+    def answer(url, **kwargs):
+        calls.append(url)
+        return Answer()
+
+    monkeypatch.setattr(requests, "head", answer)
+
+    assert hub_reachable() is True
+    assert hub_reachable() is True
+    assert len(calls) == 1
+
+
+def test_require_hub_raises_naming_what_needs_it_and_the_offline_profile(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    with pytest.raises(HubUnreachableError) as raised:
+        require_hub("The dataset knkarthick/dialogsum")
+
+    message = str(raised.value)
+    assert "knkarthick/dialogsum" in message
+    assert "COURSE_PROFILE=offline" in message
+
+
+def test_online_profile_model_fails_fast_with_hub_unreachable(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    started = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="COURSE_PROFILE=offline"):
+        model_location(get_profile("colab"))
+
+    assert time.perf_counter() - started < 10

@@ -1,0 +1,189 @@
+"""Profiles: looking them up, choosing one from the machine, and overriding data and sizes."""
+
+import pytest
+import torch
+
+import utils.hub
+import utils.profiles
+from utils.hub import hub_reachable
+from utils.profiles import (
+    DECODER_ONLY,
+    ENCODER_DECODER,
+    PROFILES,
+    ProfileError,
+    choose_profile,
+    get_profile,
+    with_overrides,
+)
+
+ALL_NAMES = ["tiny", "tiny-causal", "offline", "colab", "gpu"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub_answer():
+    """hub_reachable() is lru_cached: forget its answer around every test."""
+    hub_reachable.cache_clear()
+    yield
+    hub_reachable.cache_clear()
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend to be a machine: set whether it is Colab, has CUDA, reaches the Hub."""
+
+    def pretend(colab=False, cuda=False, hub=False):
+        monkeypatch.setattr(utils.profiles, "in_colab", lambda: colab)
+        monkeypatch.setattr(utils.profiles, "cuda_available", lambda: cuda)
+        monkeypatch.setattr(utils.hub, "hub_reachable", lambda *args, **kwargs: hub)
+
+    return pretend
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_get_profile_returns_the_profile_of_that_name(name):
+    profile = get_profile(name)
+
+    assert profile.name == name
+    assert profile.family in (ENCODER_DECODER, DECODER_ONLY)
+
+
+def test_the_profiles_are_exactly_the_documented_five():
+    assert sorted(PROFILES) == sorted(ALL_NAMES)
+
+
+def test_tiny_profiles_cover_both_families_without_the_hub():
+    assert get_profile("tiny").is_encoder_decoder
+    assert not get_profile("tiny-causal").is_encoder_decoder
+    assert not get_profile("tiny").needs_hub and not get_profile("tiny-causal").needs_hub
+
+
+def test_unknown_profile_raises_profile_error_listing_every_valid_name():
+    with pytest.raises(ProfileError) as raised:
+        get_profile("nonsense")
+
+    message = str(raised.value)
+    assert "nonsense" in message
+    for name in ALL_NAMES:
+        assert name in message
+
+
+def test_profile_error_is_a_value_error():
+    assert issubclass(ProfileError, ValueError)
+
+
+def test_course_profile_variable_wins(machine):
+    machine(colab=True, cuda=True, hub=True)
+
+    profile, reason = choose_profile({"COURSE_PROFILE": "tiny-causal"})
+
+    assert profile.name == "tiny-causal"
+    assert "COURSE_PROFILE" in reason
+
+
+def test_course_profile_variable_is_stripped():
+    profile, _ = choose_profile({"COURSE_PROFILE": "  tiny \n"})
+
+    assert profile.name == "tiny"
+
+
+def test_unknown_course_profile_variable_raises():
+    with pytest.raises(ProfileError, match="Valid profiles"):
+        choose_profile({"COURSE_PROFILE": "nonsense"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this checks the choice on a machine without CUDA")
+def test_without_course_profile_this_cpu_machine_gets_offline(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+
+    profile, reason = choose_profile({})
+
+    assert profile.name == "offline"
+    assert "no CUDA" in reason
+
+
+def test_empty_course_profile_counts_as_unset(machine):
+    machine(colab=False, cuda=False)
+
+    profile, _ = choose_profile({"COURSE_PROFILE": ""})
+
+    assert profile.name == "offline"
+
+
+def test_colab_gets_the_colab_profile(machine):
+    machine(colab=True, cuda=True, hub=False)
+
+    profile, reason = choose_profile({})
+
+    assert profile.name == "colab"
+    assert "Colab" in reason
+
+
+def test_cuda_with_the_hub_gets_the_gpu_profile(machine):
+    machine(colab=False, cuda=True, hub=True)
+
+    profile, reason = choose_profile({})
+
+    assert profile.name == "gpu"
+    assert "reachable" in reason
+
+
+def test_cuda_without_the_hub_gets_offline(machine):
+    machine(colab=False, cuda=True, hub=False)
+
+    profile, reason = choose_profile({})
+
+    assert profile.name == "offline"
+    assert "not reachable" in reason
+
+
+def test_cuda_with_hf_hub_offline_gets_offline_through_the_real_hub_check(monkeypatch):
+    """No patched hub_reachable here: HF_HUB_OFFLINE=1 (set by conftest) makes the real one say no."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(utils.profiles, "in_colab", lambda: False)
+    monkeypatch.setattr(utils.profiles, "cuda_available", lambda: True)
+
+    profile, _ = choose_profile({})
+
+    assert profile.name == "offline"
+
+
+def test_no_overrides_returns_the_same_profile():
+    tiny = get_profile("tiny")
+
+    assert with_overrides(tiny, {}) is tiny
+
+
+def test_course_data_overrides_the_data_source(tmp_path):
+    profile = with_overrides(get_profile("tiny"), {"COURSE_DATA": str(tmp_path / "mine.jsonl")})
+
+    assert profile.data == str(tmp_path / "mine.jsonl")
+    assert profile.model == get_profile("tiny").model  # nothing else changes
+
+
+def test_example_counts_are_overridden_per_split():
+    profile = with_overrides(
+        get_profile("offline"),
+        {"COURSE_TRAIN_EXAMPLES": "100", "COURSE_VALIDATION_EXAMPLES": "20", "COURSE_TEST_EXAMPLES": "30"},
+    )
+
+    assert (profile.train_examples, profile.validation_examples, profile.test_examples) == (100, 20, 30)
+
+
+def test_overrides_leave_the_original_profile_unchanged():
+    with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": "3"})
+
+    assert get_profile("tiny").train_examples == 16
+
+
+def test_overrides_are_read_from_the_environment_by_default(monkeypatch):
+    monkeypatch.setenv("COURSE_TEST_EXAMPLES", "5")
+
+    assert with_overrides(get_profile("tiny")).test_examples == 5
+
+
+def test_a_bad_example_count_raises_profile_error_naming_the_variable():
+    with pytest.raises(ProfileError) as raised:
+        with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": "lots"})
+
+    assert "COURSE_TRAIN_EXAMPLES" in str(raised.value)
+    assert "lots" in str(raised.value)

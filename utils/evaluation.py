@@ -1,0 +1,70 @@
+"""Summarize a split and score it: the evaluation every notebook runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from utils.data import batches, load_general_qa, prompts_for, tokenize_for_training, tokenize_pairs
+from utils.generation import generate
+from utils.metrics import perplexity, rouge, rouge_per_example
+from utils.profiles import Profile
+from utils.prompts import DEFAULT_TEMPLATE, model_input
+
+
+def summarize(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    profile: Profile,
+    dialogues: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+    description: str = "Summarizing",
+    **generation_kwargs,
+) -> list[str]:
+    """One generated summary per dialogue (greedy unless told otherwise)."""
+    prompts = prompts_for(list(dialogues), tokenizer, profile, template)
+    generation_kwargs.setdefault("max_new_tokens", profile.max_new_tokens)
+    return generate(model, tokenizer, prompts, batch_size=profile.eval_batch_size, description=description,
+                    **generation_kwargs)
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    profile: Profile,
+    dataset: Dataset,
+    template: str = DEFAULT_TEMPLATE,
+    description: str = "Evaluating",
+) -> tuple[list[str], dict[str, float]]:
+    """Summaries of `dataset` and their mean ROUGE against all references."""
+    predictions = summarize(model, tokenizer, profile, dataset["dialogue"], template, description)
+    return predictions, rouge(predictions, list(dataset["references"]))
+
+
+def side_by_side(dataset: Dataset, columns: dict[str, list[str]], rows: int = 3) -> pd.DataFrame:
+    """A table of the first `rows` dialogues: reference and each model's summary with its ROUGE-1."""
+    references = list(dataset["references"])[:rows]
+    table = {"reference": [r[0] for r in references]}
+    for name, predictions in columns.items():
+        scores = rouge_per_example(predictions[:rows], references)
+        table[name] = [f"{p}  [R1 {s['rouge1']:.2f}]" for p, s in zip(predictions[:rows], scores)]
+    frame = pd.DataFrame(table, index=list(dataset["id"])[:rows])
+    return frame.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
+
+
+def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile,
+                     dataset: Dataset) -> float:
+    """Perplexity of the reference summaries of `dataset` given their prompts."""
+    tokenized = tokenize_for_training(dataset, tokenizer, profile)
+    return perplexity(model, batches(tokenized, tokenizer, profile.eval_batch_size))
+
+
+def general_qa_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile) -> float:
+    """Perplexity of the answers of the second task (general questions): it rises when a model forgets."""
+    qa = load_general_qa()
+    prompts = [model_input(tokenizer, q, profile.is_encoder_decoder) for q in qa["instruction"]]
+    tokenized = tokenize_pairs(prompts, list(qa["response"]), tokenizer, profile)
+    return perplexity(model, batches(tokenized, tokenizer, profile.eval_batch_size))

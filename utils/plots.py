@@ -1,0 +1,69 @@
+"""Plots the notebooks show: loss curves, prompt growth, sampling distributions, ROUGE bars."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def plot_losses(train: Sequence[tuple[int, float]], validation: Sequence[tuple[int, float]], title: str = "Loss"):
+    """Train and validation loss against the optimizer step."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    if train:
+        axes.plot(*zip(*train), marker=".", label="train")
+    if validation:
+        axes.plot(*zip(*validation), marker="o", label="validation")
+    axes.set_xlabel("step")
+    axes.set_ylabel("cross-entropy loss")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_prompt_lengths(shots: Sequence[int], lengths: Sequence[int], context_window: int):
+    """Prompt length in tokens against the number of examples in the prompt, with the context window."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(shots, lengths, marker="o", label="prompt length")
+    axes.axhline(context_window, color="red", linestyle="--", label=f"context window ({context_window})")
+    axes.set_xlabel("examples in the prompt (shots)")
+    axes.set_ylabel("tokens")
+    axes.set_title("In-context examples make the prompt grow")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_token_distributions(distributions: dict[str, torch.Tensor], tokenizer, top: int = 15):
+    """One bar chart per sampling setting, over the `top` most likely tokens of the first setting."""
+    first = next(iter(distributions.values()))
+    ids = torch.topk(first, top).indices.tolist()
+    labels = [repr(tokenizer.decode([i])) for i in ids]
+    figure, axes = plt.subplots(1, len(distributions), figsize=(3.2 * len(distributions), 3.8), sharey=True)
+    for ax, (name, probs) in zip(axes, distributions.items()):
+        ax.bar(range(top), [float(probs[i]) for i in ids])
+        ax.set_title(name, fontsize="small")
+        ax.set_xticks(range(top), labels, rotation=90, fontsize="x-small")
+    axes[0].set_ylabel("probability")
+    figure.suptitle("Next-token distribution under each setting")
+    figure.tight_layout()
+    return figure
+
+
+def plot_bars(values: dict[str, dict[str, float]], ylabel: str, title: str):
+    """Grouped bars: one group per key of `values`, one bar per inner key (e.g. ROUGE type)."""
+    groups = list(values)
+    series = list(next(iter(values.values())))
+    width = 0.8 / len(series)
+    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(groups)), 3.5))
+    for offset, name in enumerate(series):
+        xs = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        axes.bar(xs, [values[g][name] for g in groups], width, label=name)
+    axes.set_xticks(range(len(groups)), groups)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize="small", ncol=len(series))
+    figure.tight_layout()
+    return figure
