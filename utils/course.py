@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 
+from utils.hub import require_hub
 from utils.models import describe_model, resolve_device, resolve_dtype
 from utils.profiles import Profile, choose_profile, with_overrides
 from utils.results import record_result
@@ -58,6 +59,8 @@ def start(notebook: str) -> Course:
     """Choose the profile (COURSE_PROFILE, Colab, GPU or offline), seed everything, print a summary."""
     profile, reason = choose_profile()
     profile = with_overrides(profile)
+    if profile.needs_hub:
+        require_hub(f"Profile {profile.name!r}")  # fail in seconds, not at the first download
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = configure_threads()
     transformers.set_seed(profile.seed)

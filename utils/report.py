@@ -46,26 +46,16 @@ def sorted_records(records: list[dict]) -> list[dict]:
 
 
 def plot_rouge_by_method(records: list[dict], path: Path) -> Path | None:
-    """Grouped bars of ROUGE per method (records without a variant); None when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Grouped ROUGE bars per method (records without a variant); None when there is nothing to plot."""
     import matplotlib.pyplot as plt
+
+    from utils.plots import plot_bars
 
     main = [r for r in sorted_records(records) if "rouge1" in r and not r.get("variant")]
     if not main:
         return None
-    labels = [f"{r['method']}\n{r['notebook'][:2]}" for r in main]
-    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(main)), 3.5))
-    width = 0.8 / len(ROUGE_TYPES)
-    for offset, name in enumerate(ROUGE_TYPES):
-        xs = [i + (offset - 1.5) * width for i in range(len(main))]
-        axes.bar(xs, [r.get(name) or 0 for r in main], width, label=name)
-    axes.set_xticks(range(len(main)), labels)
-    axes.set_ylabel("F1")
-    axes.set_title("ROUGE by method (test split)")
-    axes.legend(ncol=4, fontsize="small")
-    figure.tight_layout()
+    values = {f"{r['method']}\n({r['notebook'][:2]})": {name: r.get(name) or 0.0 for name in ROUGE_TYPES} for r in main}
+    figure = plot_bars(values, "F1", "ROUGE by method (test split)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
