@@ -112,11 +112,23 @@ def test_hub_style_test_rows_repeating_a_dialogue_merge_into_one_row():
         {"id": "test_1_1", "dialogue": dialogue(1), "summary": "Other.", "topic": "quiz"},
     ]
 
-    columns = normalize_rows(rows, "test")
+    columns = normalize_rows(rows, "test", merge_repeated_dialogues=True)
 
     assert columns["id"] == ["test_0_1", "test_1_1"]
     assert columns["references"] == [["First.", "Second.", "Third."], ["Other."]]
     assert columns["summary"] == ["First.", "Other."]
+
+
+def test_repeated_dialogues_in_your_own_file_stay_separate_rows():
+    rows = [
+        {"id": "a", "dialogue": dialogue(0), "summary": "First."},
+        {"id": "b", "dialogue": dialogue(0), "summary": "Second."},
+    ]
+
+    columns = normalize_rows(rows, "train")
+
+    assert columns["id"] == ["a", "b"]
+    assert columns["references"] == [["First."], ["Second."]]
 
 
 def test_rows_without_an_id_get_one_from_their_split_and_position():
@@ -152,11 +164,6 @@ def test_a_single_file_with_too_few_rows_raises(tmp_path):
         load_dialogues(str(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/data.py read_numbered_rows feeds csv.DictReader text.splitlines(): "
-    "the line breaks inside a quoted CSV field (between dialogue turns) are dropped",
-)
 def test_a_csv_keeps_the_line_breaks_inside_a_quoted_dialogue(tmp_path):
     rows = [[dialogue(n), f"S{n}."] for n in range(10)]
     path = write_csv(tmp_path / "mine.csv", ["dialogue", "summary"], rows)
@@ -165,6 +172,16 @@ def test_a_csv_keeps_the_line_breaks_inside_a_quoted_dialogue(tmp_path):
 
     loaded = sorted(d for split in data.values() for d in split["dialogue"])
     assert loaded == sorted(dialogue(n) for n in range(10))
+
+
+def test_a_jsonl_row_with_a_unicode_line_separator_in_its_text_loads(tmp_path):
+    rows = [{"dialogue": dialogue(n) + "\u2028(copied from a web page)", "summary": f"S{n}."} for n in range(10)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+    data = load_dialogues(str(path))
+
+    assert sum(len(split) for split in data.values()) == 10
 
 
 def test_a_bad_jsonl_line_raises_data_error_naming_file_and_line(tmp_path):
@@ -265,7 +282,7 @@ def test_a_long_dialogue_is_cut_and_the_prompt_still_ends_with_the_instruction(t
     user_turn = prompt.split("<|im_end|>")[0]  # (decoder-only: the chat format comes after it)
     assert user_turn.endswith(" ...\n\nSummary:")  # ...but not the instruction after it
     length = len(encode(tokenizer, prompt, tiny_profile.is_encoder_decoder)["input_ids"])
-    assert length < tiny_profile.max_source_tokens + 10  # about the budget (exactly: see the xfail below)
+    assert length < tiny_profile.max_source_tokens + 10  # about the budget (exactly: see the next test)
 
 
 def test_a_long_dialogue_keeps_the_instruction_for_every_template(tiny_model_and_tokenizer, tiny_profile):
@@ -276,11 +293,6 @@ def test_a_long_dialogue_keeps_the_instruction_for_every_template(tiny_model_and
     assert prompt.split("<|im_end|>")[0].endswith("Briefly summarize that dialogue.")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/data.py fit_dialogue appends ' ...' after cutting to max_tokens, and dialogue_budget "
-    "counts the template's tokens without the dialogue: a cut prompt is a few tokens over max_source_tokens",
-)
 def test_a_cut_prompt_is_no_longer_than_max_source_tokens(tiny_model_and_tokenizer, tiny_profile):
     _, tokenizer = tiny_model_and_tokenizer
 

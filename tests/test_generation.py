@@ -91,10 +91,6 @@ def test_generation_restores_them_after_an_error_too(tiny_model_and_tokenizer):
     assert model.training
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/generation.py generate() tokenizes an empty prompt list and transformers raises IndexError",
-)
 def test_generation_of_no_prompts_is_an_empty_list(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
 

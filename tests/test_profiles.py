@@ -170,9 +170,13 @@ def test_example_counts_are_overridden_per_split():
 
 
 def test_overrides_leave_the_original_profile_unchanged():
-    with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": "3"})
+    tiny = get_profile("tiny")
+    original = tiny.train_examples
 
-    assert get_profile("tiny").train_examples == 16
+    changed = with_overrides(tiny, {"COURSE_TRAIN_EXAMPLES": str(original + 1)})
+
+    assert changed.train_examples == original + 1
+    assert get_profile("tiny").train_examples == original
 
 
 def test_overrides_are_read_from_the_environment_by_default(monkeypatch):

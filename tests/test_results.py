@@ -90,10 +90,6 @@ def test_write_report_without_results_says_so():
     assert "No results recorded yet." in report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/results.py _clean turns NaN into null but writes infinity as the non-JSON token Infinity",
-)
 def test_results_json_stays_valid_json_with_an_infinite_value():
     record_result("tiny", "02_full_fine_tuning", "full", "tiny:t5", eval_loss=float("inf"))
 

@@ -74,12 +74,6 @@ def test_a_different_learning_rate_is_not_taken_for_the_finished_run(tiny_profil
     assert other_run.reused is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/training.py train(): with finished.json from another configuration it still "
-    "resumes from that run's last checkpoint (get_last_checkpoint), trains 0 steps and "
-    "returns the other run's weights and history",
-)
 def test_a_different_learning_rate_trains_from_the_start(tiny_profile):
     first_model, first_run = fresh_training(tiny_profile)
 

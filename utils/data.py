@@ -4,6 +4,7 @@ and tokenization for both model families."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -43,10 +44,11 @@ def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem
     except (OSError, UnicodeDecodeError) as error:
         return [], [(None, f"cannot read the file ({error.__class__.__name__})", "save it as UTF-8 text")]
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps line breaks inside quoted fields
         return [(reader.line_num, row) for row in reader], []
     rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: JSON text may hold U+2028 and other characters splitlines() breaks on
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -72,20 +74,25 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def normalize_rows(
-    rows: list[dict], split: str, input_column: str = "dialogue", target_column: str = "summary"
+    rows: list[dict],
+    split: str,
+    input_column: str = "dialogue",
+    target_column: str = "summary",
+    merge_repeated_dialogues: bool = False,
 ) -> dict[str, list]:
     """Map rows of any supported layout to the course's columns.
 
-    DialogSum's test split has `summary1..3` (or, on the Hub, one row per reference);
-    all references of a dialogue end up in `references`, the first one in `summary`.
+    DialogSum's test split has `summary1..3`; all references of a dialogue end up in
+    `references`, the first one in `summary`. The Hub copy instead repeats each test
+    dialogue once per reference: `merge_repeated_dialogues` folds those rows together.
     """
     merged: dict[str, dict] = {}
     for index, row in enumerate(rows):
         references = [row[target_column]] if row.get(target_column) else []
         references += [row[k] for k in ("summary1", "summary2", "summary3") if row.get(k)]
         dialogue = row.get(input_column) or ""
-        key = dialogue  # the Hub's DialogSum test split repeats a dialogue once per reference
-        if key in merged and dialogue:
+        key = dialogue if merge_repeated_dialogues and dialogue else index
+        if key in merged:
             merged[key]["references"] += [r for r in references if r not in merged[key]["references"]]
             continue
         merged[key] = {
@@ -145,7 +152,11 @@ def _load_hub(dataset_id: str) -> DatasetDict:
     require_hub(f"The dataset {dataset_id}")
     raw = load_dataset(dataset_id)
     return DatasetDict(
-        {split: Dataset.from_dict(normalize_rows(list(raw[split]), split)) for split in SPLITS if split in raw}
+        {
+            split: Dataset.from_dict(normalize_rows(list(raw[split]), split, merge_repeated_dialogues=True))
+            for split in SPLITS
+            if split in raw
+        }
     )
 
 
@@ -168,12 +179,16 @@ def load_profile_data(profile: Profile) -> DatasetDict:
 # --- tokenization ---------------------------------------------------------------------------
 
 
+ELLIPSIS = " ..."
+
+
 def fit_dialogue(tokenizer: PreTrainedTokenizerBase, dialogue: str, max_tokens: int) -> str:
     """Cut a dialogue to at most `max_tokens` tokens (the instruction around it is never cut)."""
     ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
     if len(ids) <= max_tokens:
         return dialogue
-    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).rstrip() + " ..."
+    keep = max_tokens - len(tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"])
+    return tokenizer.decode(ids[: max(keep, 1)], skip_special_tokens=True).rstrip() + ELLIPSIS
 
 
 def dialogue_budget(tokenizer: PreTrainedTokenizerBase, profile: Profile, template: str) -> int:
@@ -183,6 +198,22 @@ def dialogue_budget(tokenizer: PreTrainedTokenizerBase, profile: Profile, templa
     return max(8, profile.max_source_tokens - overhead)
 
 
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, profile: Profile, dialogue: str, template: str) -> str:
+    """The model-ready prompt for one dialogue, cut until it fits `profile.max_source_tokens`.
+
+    Tokens can merge across the edges of the dialogue, so the first cut may be a token or
+    two too long: cut a little more until the encoded prompt fits.
+    """
+    budget = dialogue_budget(tokenizer, profile, template)
+    while True:
+        prompt = model_input(tokenizer, instruction(fit_dialogue(tokenizer, dialogue, budget), template),
+                             profile.is_encoder_decoder)
+        length = len(encode(tokenizer, prompt, profile.is_encoder_decoder)["input_ids"])
+        if length <= profile.max_source_tokens or budget <= 8:
+            return prompt
+        budget -= length - profile.max_source_tokens
+
+
 def prompts_for(
     dialogues: list[str],
     tokenizer: PreTrainedTokenizerBase,
@@ -190,11 +221,7 @@ def prompts_for(
     template: str = DEFAULT_TEMPLATE,
 ) -> list[str]:
     """Model-ready prompt strings for dialogues (cut to fit the profile's source length)."""
-    budget = dialogue_budget(tokenizer, profile, template)
-    return [
-        model_input(tokenizer, instruction(fit_dialogue(tokenizer, d, budget), template), profile.is_encoder_decoder)
-        for d in dialogues
-    ]
+    return [fit_prompt(tokenizer, profile, dialogue, template) for dialogue in dialogues]
 
 
 def tokenize_pairs(

@@ -26,6 +26,8 @@ def generate(
     on the left so every prompt ends right where generation starts, and only the new
     tokens are decoded. Greedy unless `generation_kwargs` say otherwise (do_sample=True...).
     """
+    if not prompts:
+        return []
     is_encoder_decoder = model.config.is_encoder_decoder
     lengths = [len(ids) for ids in encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

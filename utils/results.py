@@ -24,9 +24,9 @@ def load_results(profile_name: str) -> list[dict]:
 
 
 def _clean(value):
-    """JSON-safe numbers: floats rounded to 6 places, NaN as None."""
+    """JSON-safe numbers: floats rounded to 6 places, NaN and infinities as None."""
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
+        return round(value, 6) if math.isfinite(value) else None
     return value
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from utils.measure import PeakMemory
 from utils.models import resolve_device, resolve_dtype
 from utils.profiles import Profile
 
+STARTED = "training.json"  # which configuration the checkpoints in a folder belong to
 FINISHED = "finished.json"
 
 
@@ -91,8 +93,10 @@ def training_arguments(
 
 def _fingerprint(arguments: TrainingArguments, train_dataset: Dataset, extra: str) -> str:
     relevant = {k: str(v) for k, v in arguments.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
-    text = json.dumps(relevant, sort_keys=True) + train_dataset._fingerprint + extra
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256((json.dumps(relevant, sort_keys=True) + extra).encode())
+    for column in ("input_ids", "labels"):
+        digest.update(json.dumps(list(train_dataset[column])).encode())
+    return digest.hexdigest()[:16]
 
 
 def train(
@@ -115,14 +119,19 @@ def train(
     steps = total_steps(profile, len(train_dataset), epochs)
     arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
     fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{type(model).__name__}")
+    started = output_dir / STARTED
+    if started.exists() and json.loads(started.read_text())["fingerprint"] != fingerprint:
+        # Checkpoints of another configuration (or another model) under the same name: never resume them.
+        print(f"{output_dir} holds a different training; starting afresh.")
+        shutil.rmtree(output_dir)
     finished = output_dir / FINISHED
     if finished.exists():
         record = json.loads(finished.read_text())
-        if record["fingerprint"] == fingerprint:
-            _load_final_weights(model, output_dir / "final")
-            print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
-            return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
-                               record["tokens_per_second"], record["peak_memory_mb"], reused=True)
+        _load_final_weights(model, output_dir / "final")
+        print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
+        return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
+                           record["tokens_per_second"], record["peak_memory_mb"], reused=True)
+    write_json_atomic(started, {"fingerprint": fingerprint, "name": name})
     trainer = Trainer(
         model=model,
         args=arguments,
@@ -143,7 +152,7 @@ def train(
     trainer.save_model(str(output_dir / "final"))
     history = trainer.state.log_history
     write_json_atomic(finished, {
-        "fingerprint": fingerprint, "history": history, "train_seconds": memory.seconds,
+        "history": history, "train_seconds": memory.seconds,
         "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
     })
     return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False)
