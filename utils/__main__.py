@@ -43,27 +43,34 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from utils.course import library_versions
-    from utils.profiles import choose_profile
-    from utils.report import write_report
+    from utils.profiles import choose_profile, with_overrides
     from utils.runner import run_course
 
     profile, reason = choose_profile()
-    print(f"Running the course in profile {profile.name} ({reason}).")
-    ok = run_course(profile.name, args.notebooks or None, redo=args.redo)
-    path = write_report(profile.name, {"profile": profile.name, "seed": profile.seed, **library_versions()})
+    profile = with_overrides(profile)
+    print(f"Running the course in profile {profile.run_name} ({reason}).")
+    ok = run_course(profile, args.notebooks or None, redo=args.redo)
+    path = _write_report(profile)
     print(f"Report: {path}")
     return 0 if ok else 1
 
 
 def _report(args: argparse.Namespace) -> int:
-    from utils.course import library_versions
-    from utils.profiles import choose_profile
-    from utils.report import write_report
+    from utils.profiles import choose_profile, with_overrides
 
     profile, _ = choose_profile()
-    print(write_report(profile.name, {"profile": profile.name, "seed": profile.seed, **library_versions()}))
+    print(_write_report(with_overrides(profile)))
     return 0
+
+
+def _write_report(profile):
+    from utils.course import library_versions
+    from utils.models import resolve_device
+    from utils.report import write_report
+
+    environment = {"profile": profile.name, "data": profile.data, "seed": profile.seed,
+                   "device": resolve_device(profile).type, **library_versions()}
+    return write_report(profile.run_name, environment)
 
 
 def main(argv: list[str] | None = None) -> int:

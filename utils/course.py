@@ -51,7 +51,7 @@ class Course:
     def record(self, method: str, variant: str = "", **measured) -> dict:
         """Save what this notebook measured for `method` in runs/<profile>/results.json."""
         return record_result(
-            self.profile.name, self.notebook, method, self.profile.model, variant=variant, **measured
+            self.profile.run_name, self.notebook, method, self.profile.model, variant=variant, **measured
         )
 
 
@@ -69,6 +69,6 @@ def start(notebook: str) -> Course:
     print(f"Profile : {profile.name} ({reason})")
     print(f"          {profile.description}")
     print(f"Model   : {course.model_name} [{profile.family}]")
-    print(f"Data    : {profile.data}")
+    print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')}, {threads} CPU threads")
     return course

@@ -8,8 +8,10 @@ a profile only changes the model, the data and the sizes.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 ENCODER_DECODER = "encoder-decoder"
 DECODER_ONLY = "decoder-only"
@@ -62,7 +64,13 @@ class Profile:
     sweep_train_examples: int = 32
     sweep_test_examples: int = 16
     seed: int = 42
-    cost: str = ""  # what running the whole course takes, for the README and the notebook header
+    cost: str = ""
+    data_label: str = ""  # set when COURSE_DATA replaces the profile's data
+
+    @property
+    def run_name(self) -> str:
+        """Folder name under runs/: the profile, plus the data's name when COURSE_DATA overrides it."""
+        return f"{self.name}-{self.data_label}" if self.data_label else self.name  # what running the whole course takes, for the README and the notebook header
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -231,6 +239,8 @@ def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
     changes: dict = {}
     if environ.get("COURSE_DATA"):
         changes["data"] = environ["COURSE_DATA"]
+        label = Path(environ["COURSE_DATA"].rstrip("/")).stem
+        changes["data_label"] = re.sub(r"[^A-Za-z0-9_.-]+", "_", label) or "data"
     for split in ("train", "validation", "test"):
         key = f"COURSE_{split.upper()}_EXAMPLES"
         if environ.get(key):

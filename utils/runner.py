@@ -14,6 +14,7 @@ from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 
 from utils.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
+from utils.profiles import Profile
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -30,7 +31,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def run_notebook(path: Path, profile_name: str, timeout_seconds: int = 3600) -> tuple[bool, float, str]:
+def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> tuple[bool, float, str]:
     """Execute one notebook with COURSE_PROFILE set; save the executed copy. (ok, seconds, error)."""
     notebook = nbformat.read(path, as_version=4)
     code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)
@@ -42,7 +43,7 @@ def run_notebook(path: Path, profile_name: str, timeout_seconds: int = 3600) -> 
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_executed=lambda **_: bar.update(1),
     )
-    os.environ["COURSE_PROFILE"] = profile_name
+    os.environ["COURSE_PROFILE"] = profile.name  # the kernel inherits it (and COURSE_DATA, if set)
     started = time.perf_counter()
     error = ""
     try:
@@ -52,24 +53,24 @@ def run_notebook(path: Path, profile_name: str, timeout_seconds: int = 3600) -> 
     finally:
         bar.close()
     seconds = time.perf_counter() - started
-    executed = runs_dir(profile_name) / "notebooks" / path.name
+    executed = runs_dir(profile.run_name) / "notebooks" / path.name
     executed.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(executed, nbformat.writes(notebook))
     return not error, seconds, error
 
 
-def run_course(profile_name: str, selected: list[str] | None = None, redo: bool = False) -> bool:
+def run_course(profile: Profile, selected: list[str] | None = None, redo: bool = False) -> bool:
     """Run the notebooks not yet finished (all of them with `redo`); True when all succeeded."""
-    status_path = runs_dir(profile_name) / "status.json"
+    status_path = runs_dir(profile.run_name) / "status.json"
     status = json.loads(status_path.read_text()) if status_path.exists() and not redo else {}
     all_ok = True
     for path in notebook_paths(selected):
         previous = status.get(path.stem, {})
         if previous.get("status") == "done" and previous.get("source") == _digest(path):
-            print(f"{path.stem}: already done in profile {profile_name} (make run REDO=1 to run it again)")
+            print(f"{path.stem}: already done in runs/{profile.run_name} (make run REDO=1 to run it again)")
             continue
-        print(f"{path.stem}: running in profile {profile_name}...", flush=True)
-        ok, seconds, error = run_notebook(path, profile_name)
+        print(f"{path.stem}: running in profile {profile.run_name}...", flush=True)
+        ok, seconds, error = run_notebook(path, profile)
         status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path)}
         write_json_atomic(status_path, status)
         print(f"{path.stem}: {'done' if ok else 'FAILED: ' + error} in {seconds:.0f} s", flush=True)

@@ -115,7 +115,7 @@ def train(
     `name` names the checkpoint folder (runs/<profile>/checkpoints/<name>). The model is
     trained in place; the same object is returned in the TrainingRun.
     """
-    output_dir = runs_dir(profile.name) / "checkpoints" / name
+    output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     steps = total_steps(profile, len(train_dataset), epochs)
     arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
     fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{type(model).__name__}")
