@@ -17,6 +17,10 @@ TABLE_COLUMNS = (
     "peak_memory_mb",
     "train_seconds",
     "tokens_per_second",
+    "bleu",
+    "perplexity",
+    "general_qa_perplexity_before",
+    "general_qa_perplexity_after",
 )
 
 
@@ -42,7 +46,8 @@ def markdown_table(records: list[dict], columns: tuple[str, ...] = TABLE_COLUMNS
 
 
 def sorted_records(records: list[dict]) -> list[dict]:
-    return sorted(records, key=lambda r: (r["notebook"], METHODS.index(r["method"]), r.get("variant", "")))
+    return sorted(records, key=lambda r: (r["notebook"], METHODS.index(r["method"]), bool(r.get("variant")),
+                                          r.get("rank") or 0, r.get("variant", "")))
 
 
 def plot_rouge_by_method(records: list[dict], path: Path) -> Path | None:
