@@ -1,6 +1,5 @@
 """Training learns, records its losses, and reuses a finished run only when nothing changed."""
 
-import pytest
 import torch
 
 from utils.data import load_profile_data, tokenize_for_training, training_collator
