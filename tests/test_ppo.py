@@ -1,0 +1,396 @@
+"""PPO term by term: each formula against hand-computed numbers, then the policy and the training loop."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from utils.adapters import add_lora
+from utils.models import load_model_and_tokenizer
+from utils.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    PolicyWithValueHead,
+    PPOConfig,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae_advantages,
+    kl_penalized_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    per_token_kl,
+    prompt_indices,
+    response_logits_and_hidden,
+    response_mask_until_eos,
+    sample_responses,
+    train_ppo,
+)
+from utils.prompts import encode, instruction
+from utils.rewards import TokenShareReward
+
+EPS = 0.2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and far faster when other work shares the CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tensor(*rows):
+    """Rows of per-token numbers, shaped (batch, length) like every per-token tensor in PPO."""
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+# --- the terms of the objective ------------------------------------------------------------
+
+
+def test_logprobs_and_entropy_of_a_two_token_vocabulary():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])  # probabilities 1/4 and 3/4
+
+    assert logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+    assert logprobs_from_logits(logits, torch.tensor([[0]])).item() == pytest.approx(math.log(0.25))
+    expected_entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert entropy_from_logits(logits).item() == pytest.approx(expected_entropy)
+    assert logprobs_from_logits(logits, torch.tensor([[1]]), mask=tensor([0])).item() == 0.0
+
+
+def test_masked_mean_and_whiten_ignore_padding():
+    values, mask = tensor([1.0, 2.0, 3.0, 100.0]), tensor([1, 1, 1, 0])
+
+    assert masked_mean(values, mask).item() == pytest.approx(2.0)
+    # mean 2, variance (1 + 0 + 1) / 3
+    expected = [-1 / math.sqrt(2 / 3), 0.0, 1 / math.sqrt(2 / 3), 0.0]
+    assert masked_whiten(values, mask)[0].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_per_token_kl_is_the_logprob_difference_on_real_tokens():
+    kl = per_token_kl(tensor([-1.0, -2.0, -0.5]), tensor([-1.5, -1.0, -0.5]), mask=tensor([1, 1, 0]))
+
+    assert kl[0].tolist() == pytest.approx([0.5, -1.0, 0.0])
+
+
+def test_kl_penalty_on_every_token_and_the_score_on_the_last_real_one():
+    scores = torch.tensor([2.0, -1.0])
+    logprobs = tensor([-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0])
+    ref_logprobs = tensor([-1.5, -1.0, -0.5], [-1.0, -2.0, -3.0])
+    mask = tensor([1, 1, 0], [1, 1, 1])  # the first response has one padding token
+
+    rewards = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
+
+    # KL per token: [0.5, -1.0, pad] and [0, 1, 2]; reward = -0.1 * KL, plus the score at the end.
+    assert rewards[0].tolist() == pytest.approx([-0.05, 0.1 + 2.0, 0.0])
+    assert rewards[1].tolist() == pytest.approx([0.0, -0.1, -0.2 - 1.0])
+
+
+def test_without_kl_penalty_the_reward_is_the_score_alone():
+    config = PPOConfig(init_kl_coef=0.0, adaptive_kl=False)
+    controller = config.kl_controller()
+    controller.update(current_kl=50.0, n_steps=16)
+
+    rewards = kl_penalized_rewards(torch.tensor([3.0]), tensor([-1.0, -9.0]), tensor([-5.0, -1.0]),
+                                   tensor([1, 1]), controller.value)
+
+    assert isinstance(controller, FixedKLController) and controller.value == 0.0
+    assert rewards.tolist() == [[0.0, 3.0]]
+
+
+def test_gae_on_three_tokens():
+    rewards, values, mask = tensor([0.0, 0.0, 1.0]), tensor([0.5, 0.2, 0.4]), tensor([1, 1, 1])
+
+    advantages, returns = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+
+    # Backwards: delta_2 = 1 - 0.4 = 0.6;             A_2 = 0.6
+    #            delta_1 = 0.9 * 0.4 - 0.2 = 0.16;    A_1 = 0.16 + 0.72 * 0.6 = 0.592
+    #            delta_0 = 0.9 * 0.2 - 0.5 = -0.32;   A_0 = -0.32 + 0.72 * 0.592 = 0.10624
+    assert advantages[0].tolist() == pytest.approx([0.10624, 0.592, 0.6])
+    assert returns[0].tolist() == pytest.approx([0.60624, 0.792, 1.0])
+
+
+def test_gae_ignores_what_the_padding_holds():
+    # The third position is padding: its reward and value must not reach the real tokens.
+    rewards, values, mask = tensor([0.0, 1.0, 99.0]), tensor([0.5, 0.4, 7.0]), tensor([1, 1, 0])
+
+    advantages, returns = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+
+    # delta_1 = 1 + 0 - 0.4 = 0.6; delta_0 = 0.9 * 0.4 - 0.5 = -0.14; A_0 = -0.14 + 0.72 * 0.6 = 0.292
+    assert advantages[0].tolist() == pytest.approx([0.292, 0.6, 0.0])
+    assert returns[0].tolist() == pytest.approx([0.792, 1.0, 0.0])
+
+
+# advantage, ratio, loss, clipped: with eps = 0.2 the ratio is clipped to [0.8, 1.2].
+POLICY_CASES = [
+    (2.0, 0.5, -1.0, False),  # good token made rarer: -A*r = -1.0 > -A*0.8 = -1.6, keep pushing it up
+    (2.0, 1.0, -2.0, False),
+    (2.0, 1.5, -2.4, True),  # good token already 1.5x likelier: loss stops at -A*1.2, no more push
+    (-2.0, 0.5, 1.6, True),  # bad token already half as likely: loss stops at -A*0.8, no more push
+    (-2.0, 1.0, 2.0, False),
+    (-2.0, 1.5, 3.0, False),  # bad token made likelier: -A*r = 3.0 > 2.4, keep pushing it down
+]
+
+
+@pytest.mark.parametrize("advantage, ratio, expected_loss, clipped", POLICY_CASES)
+def test_clipped_policy_loss_in_each_of_the_six_cases(advantage, ratio, expected_loss, clipped):
+    logprobs = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    old_logprobs, advantages, mask = tensor([0.0]), tensor([advantage]), tensor([1])
+
+    loss, clip_fraction = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, EPS)
+    loss.backward()
+
+    assert loss.item() == pytest.approx(expected_loss)
+    assert clip_fraction.item() == (1.0 if clipped else 0.0)
+    # d(-A * r)/d logprob = -A * r where the unclipped term counts; nothing where the clip holds.
+    expected_gradient = 0.0 if clipped else -advantage * ratio
+    assert logprobs.grad.item() == pytest.approx(expected_gradient)
+
+
+def test_clipped_policy_loss_averages_over_real_tokens_only():
+    advantages = tensor([a for a, _, _, _ in POLICY_CASES] + [5.0])
+    logprobs = torch.log(tensor([r for _, r, _, _ in POLICY_CASES] + [9.0]))
+    mask = tensor([1, 1, 1, 1, 1, 1, 0])
+
+    loss, clip_fraction = clipped_policy_loss(logprobs, torch.zeros_like(logprobs), advantages, mask, EPS)
+
+    assert loss.item() == pytest.approx(sum(c[2] for c in POLICY_CASES) / 6)
+    assert clip_fraction.item() == pytest.approx(2 / 6)
+
+
+# value, old value, return, loss, clipped: the value may move at most 0.2 from its old value.
+VALUE_CASES = [
+    (1.0, 0.0, 1.0, 0.5 * 0.64, True),  # on target but moved by 1.0: the clipped value 0.2 is 0.8 off
+    (0.1, 0.0, 1.0, 0.5 * 0.81, False),  # within the clip range: both errors are 0.9^2
+    (-1.0, 0.0, 1.0, 0.5 * 4.0, False),  # moved away from the target: the larger, unclipped error counts
+    (0.5, 0.0, -1.0, 0.5 * 2.25, False),
+]
+
+
+@pytest.mark.parametrize("value, old_value, target, expected_loss, clipped", VALUE_CASES)
+def test_clipped_value_loss(value, old_value, target, expected_loss, clipped):
+    loss, clip_fraction = clipped_value_loss(tensor([value]), tensor([old_value]), tensor([target]), tensor([1]), EPS)
+
+    assert loss.item() == pytest.approx(expected_loss)
+    assert clip_fraction.item() == (1.0 if clipped else 0.0)
+
+
+def test_adaptive_kl_coefficient_rises_above_the_target_and_falls_below():
+    above = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+    below = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+    slightly_above = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+
+    above.update(current_kl=12.0, n_steps=100)  # error 1.0, clipped to 0.2
+    below.update(current_kl=3.0, n_steps=100)  # error -0.5, clipped to -0.2
+    slightly_above.update(current_kl=6.6, n_steps=100)  # error 0.1
+
+    assert above.value == pytest.approx(0.2 * (1 + 0.2 * 100 / 10000))
+    assert below.value == pytest.approx(0.2 * (1 - 0.2 * 100 / 10000))
+    assert slightly_above.value == pytest.approx(0.2 * (1 + 0.1 * 100 / 10000))
+
+
+def test_the_response_ends_with_its_first_end_of_sequence_token():
+    eos, pad = 1, 0
+    responses = torch.tensor([[5, eos, pad, pad], [5, 6, 7, 8], [eos, pad, pad, pad]])
+
+    assert response_mask_until_eos(responses, [eos]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    # When padding and end-of-sequence are one token (many decoder-only tokenizers), only the first counts.
+    assert response_mask_until_eos(torch.tensor([[5, 2, 2, 2]]), [2]).tolist() == [[1, 1, 0, 0]]
+
+
+def test_prompts_come_in_a_seeded_order_and_every_prompt_once_per_pass():
+    first_pass = prompt_indices(n_prompts=6, batch_size=3, step=0, seed=1) + prompt_indices(6, 3, 1, 1)
+    second_pass = prompt_indices(6, 3, 2, 1) + prompt_indices(6, 3, 3, 1)
+
+    assert sorted(first_pass) == sorted(second_pass) == list(range(6))
+    assert first_pass != second_pass
+    assert prompt_indices(6, 3, 0, 1) == prompt_indices(6, 3, 0, 1)
+    assert prompt_indices(6, 3, 0, 2) != prompt_indices(6, 3, 0, 1)
+
+
+# --- the policy and its reference -----------------------------------------------------------
+
+DIALOGUES = [
+    "#Person1#: Hi.",
+    "#Person1#: Where is the train station, please?",
+    "#Person1#: I'd like a coffee.",
+    "#Person2#: Sure, here you are.",
+    "#Person1#: How much is it?\n#Person2#: Ten dollars.",
+    "#Person1#: Good morning!",
+]
+PROMPTS = [instruction(d) for d in DIALOGUES]
+SMALL = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=5, learning_rate=1e-2, checkpoint_every=1)
+
+
+def make_policy(profile, weight_scale: float = 1.0):
+    """A fresh tiny model with a rank-4 LoRA adapter and a value head; weights scaled by `weight_scale`."""
+    model, tokenizer = load_model_and_tokenizer(profile)
+    if weight_scale != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() == 2:
+                    parameter.mul_(weight_scale)
+    torch.manual_seed(0)
+    return PolicyWithValueHead(add_lora(model, rank=4)), tokenizer
+
+
+def test_logits_values_and_reference_logprobs_have_one_entry_per_response_token(tiny_profile):
+    policy, tokenizer = make_policy(tiny_profile)
+    rollout = sample_responses(policy, tokenizer, PROMPTS[:3], SMALL)
+
+    logits, values = policy(*rollout.tensors())
+    reference = policy.reference_logprobs(*rollout.tensors())
+
+    batch, length = rollout.response_ids.shape
+    assert batch == 3 and 1 <= length <= SMALL.max_new_tokens
+    assert logits.shape == (batch, length, len(tokenizer))
+    assert values.shape == reference.shape == (batch, length)
+    assert (values[rollout.response_mask == 0] == 0).all() and (reference[rollout.response_mask == 0] == 0).all()
+
+
+def test_the_logits_of_a_response_are_those_it_was_sampled_from(tiny_profile):
+    """Position t of the forward pass predicts response token t, exactly as during generation."""
+    policy, tokenizer = make_policy(tiny_profile, weight_scale=3.0)
+    tokenizer.padding_side = "right" if policy.is_encoder_decoder else "left"
+    query = encode(tokenizer, PROMPTS[:3], policy.is_encoder_decoder, return_tensors="pt", padding=True)
+    assert len(set(query["attention_mask"].sum(1).tolist())) == 3  # prompts of different lengths: padding matters
+
+    generated = policy.model.generate(
+        **query, do_sample=True, top_k=0, max_new_tokens=5, pad_token_id=tokenizer.pad_token_id,
+        output_logits=True, return_dict_in_generate=True,
+    )
+    sampled_from = torch.stack(generated.logits, dim=1)
+    start = 1 if policy.is_encoder_decoder else query["input_ids"].shape[1]
+    response = generated.sequences[:, start:]
+    logits, _ = policy(query["input_ids"], query["attention_mask"], response, torch.ones_like(response))
+
+    torch.testing.assert_close(logits, sampled_from, atol=1e-4, rtol=1e-4)
+
+
+def test_reference_is_the_base_model_and_equals_the_policy_until_it_trains(tiny_profile, tmp_path):
+    policy, tokenizer = make_policy(tiny_profile)
+    base_model, _ = load_model_and_tokenizer(tiny_profile)  # an untouched copy, for comparison only
+    rollout = sample_responses(policy, tokenizer, PROMPTS[:4], SMALL)
+    mask = rollout.response_mask
+
+    def policy_logprobs():
+        with torch.no_grad():
+            logits, _ = policy(*rollout.tensors())
+        return logprobs_from_logits(logits, rollout.response_ids, mask)
+
+    with torch.no_grad():
+        base_logits, _ = response_logits_and_hidden(base_model, policy.is_encoder_decoder, *rollout.tensors(),
+                                                    policy.decoder_start_token_id)
+    base_logprobs = logprobs_from_logits(base_logits, rollout.response_ids, mask)
+
+    # LoRA's B matrix starts at zero: the adapter changes nothing yet.
+    torch.testing.assert_close(policy.reference_logprobs(*rollout.tensors()), policy_logprobs())
+    train_ppo(policy, tokenizer, TokenShareReward("e").reward, PROMPTS, replace(SMALL, steps=1), tmp_path / "run")
+
+    assert (policy_logprobs() - policy.reference_logprobs(*rollout.tensors())).abs().max() > 1e-3
+    torch.testing.assert_close(policy.reference_logprobs(*rollout.tensors()), base_logprobs, atol=1e-5, rtol=1e-5)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+# A tiny random model (weights of std 0.02) hardly reacts to a rank-4 adapter and samples almost
+# uniformly from its 1024 tokens. Larger weights, and for the Llama a lower sampling temperature,
+# give a first policy that writes the target token now and then, and an adapter able to steer it.
+STEERABLE = {
+    "tiny": dict(weight_scale=2.0, temperature=1.0, token="2"),
+    "tiny-causal": dict(weight_scale=4.0, temperature=0.3, token=":"),
+}
+
+
+def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tiny_profile, tmp_path):
+    setting = STEERABLE[tiny_profile.name]
+    policy, tokenizer = make_policy(tiny_profile, setting["weight_scale"])
+    reward = TokenShareReward(setting["token"])  # share of the text that is this token
+    config = PPOConfig(steps=30, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=5e-3, max_new_tokens=6,
+                       temperature=setting["temperature"], init_kl_coef=0.05, adaptive_kl=False, checkpoint_every=30)
+
+    result = train_ppo(policy, tokenizer, reward.reward, PROMPTS, config, tmp_path / "run")
+
+    rewards = [record["reward_mean"] for record in result.history]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.4 and last > first + 0.3, rewards
+    assert max(record["kl"] for record in result.history) < 20.0
+    assert set(result.history[0]) == {
+        "step", "reward_mean", "reward_std", "kl", "kl_coef", "clip_fraction", "value_clip_fraction",
+        "entropy", "policy_loss", "value_loss", "response_length", "seconds",
+    }
+
+
+class CountingReward:
+    """TokenShareReward("e") that counts the batches it scored: a resumed run scores only the steps left."""
+
+    name = "counting-e"
+
+    def __init__(self):
+        self.batches = 0
+
+    def __call__(self, texts):
+        self.batches += 1
+        return TokenShareReward("e").reward(texts)
+
+
+def without_timing(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def adapter_weights(policy):
+    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+
+
+def test_a_longer_rerun_resumes_and_matches_a_run_never_interrupted(tiny_profile, tmp_path, capsys):
+    reward = CountingReward()
+    policy, tokenizer = make_policy(tiny_profile)
+    first = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=2), tmp_path / "run")
+    assert reward.batches == 2 and (tmp_path / "run" / "checkpoint" / "adapter_model.safetensors").exists()
+
+    policy, tokenizer = make_policy(tiny_profile)  # a new session: fresh model, same folder, more steps
+    resumed = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=4), tmp_path / "run")
+
+    assert "Resuming from step 2" in capsys.readouterr().out
+    assert reward.batches == 4 and resumed.resumed_from == 2 and not resumed.reused
+    assert [record["step"] for record in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[:2] == first.history
+    straight_policy, tokenizer = make_policy(tiny_profile)
+    straight = train_ppo(straight_policy, tokenizer, CountingReward(), PROMPTS, replace(SMALL, steps=4),
+                         tmp_path / "straight")
+    assert without_timing(resumed.history) == without_timing(straight.history)
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_loads_its_weights(tiny_profile, tmp_path, capsys):
+    reward = CountingReward()
+    policy, tokenizer = make_policy(tiny_profile)
+    finished = train_ppo(policy, tokenizer, reward, PROMPTS, SMALL, tmp_path / "run")
+
+    again_policy, tokenizer = make_policy(tiny_profile)
+    again = train_ppo(again_policy, tokenizer, reward, PROMPTS, SMALL, tmp_path / "run")
+
+    assert "Reusing the finished PPO run" in capsys.readouterr().out
+    assert again.reused and reward.batches == SMALL.steps
+    assert again.history == finished.history
+    trained, loaded = adapter_weights(policy), adapter_weights(again_policy)
+    assert trained.keys() == loaded.keys() and all(torch.equal(trained[k], loaded[k]) for k in trained)
+
+
+def test_a_folder_of_other_settings_is_discarded(tiny_profile, tmp_path, capsys):
+    reward = CountingReward()
+    policy, tokenizer = make_policy(tiny_profile)
+    train_ppo(policy, tokenizer, reward, PROMPTS, SMALL, tmp_path / "run")
+
+    policy, tokenizer = make_policy(tiny_profile)
+    other = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, learning_rate=1e-3), tmp_path / "run")
+
+    assert "holds a different PPO run; starting afresh" in capsys.readouterr().out
+    assert not other.reused and other.resumed_from == 0 and reward.batches == 2 * SMALL.steps
+
+
+def test_config_rejects_a_batch_that_mini_batches_do_not_divide():
+    with pytest.raises(ValueError, match="multiple of mini_batch_size"):
+        PPOConfig(batch_size=10, mini_batch_size=4)

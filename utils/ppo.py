@@ -1,0 +1,713 @@
+"""Proximal Policy Optimization (PPO) for a LoRA-adapted language model, written out term by term.
+
+The objective, for one batch of prompts and the responses the policy sampled for them:
+
+    reward_t   = -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))   (+ the sequence score on the last token)
+    advantage  = GAE(reward, value, gamma, lam)
+    loss       = policy clipped surrogate + value_loss_coef * value loss - entropy_coef * entropy
+
+pi is the model with its LoRA adapter, pi_ref the same network with the adapter switched off
+(no second copy of the model), and the value of each response position comes from a small
+linear head on the model's last hidden state.
+
+Tensors of per-token quantities have the shape (batch, response_length). Responses are
+right-padded, and `mask` is 1 for real response tokens (the end-of-sequence token included)
+and 0 for the padding after them.
+
+Use::
+
+    policy = PolicyWithValueHead(add_lora(model, rank=16))
+    result = train_ppo(policy, tokenizer, scorer.reward, prompts, PPOConfig(steps=50), output_dir)
+    result.series("reward_mean")    # [(1, ...), (2, ...), ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from utils.files import atomic_directory, write_json_atomic
+from utils.prompts import encode
+
+# --- the terms of the objective, as pure tensor functions ------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the real tokens only: sum(values * mask) / sum(mask) (over `dim`, or over everything)."""
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Variance over the real tokens: mean((values - mean(values))^2)."""
+    centred = values - masked_mean(values, mask)
+    return masked_mean(centred**2, mask)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise the real tokens to mean 0 and variance 1: (x - mean) / sqrt(var + eps); padding becomes 0."""
+    whitened = (values - masked_mean(values, mask)) * torch.rsqrt(masked_var(values, mask) + eps)
+    return whitened * mask
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log pi(token_t) = log_softmax(logits_t)[token_t], per position (0 where `mask` is 0).
+
+    logits: (batch, length, vocab); tokens: (batch, length) -> (batch, length).
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return logprobs if mask is None else logprobs * mask
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of the next-token distribution, H = -sum_v p_v log p_v, per position (0 where `mask` is 0)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return entropy if mask is None else entropy * mask
+
+
+def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL estimate per sampled token (the "k1" estimator): log pi(a_t) - log pi_ref(a_t).
+
+    Its expectation over tokens sampled from pi is KL(pi || pi_ref); one sample can be negative.
+    """
+    kl = logprobs - ref_logprobs
+    return kl if mask is None else kl * mask
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last real token of each (right-padded) response."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return (positions * mask.long()).argmax(dim=1)
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards: r_t = -kl_coef * (log pi(a_t) - log pi_ref(a_t)), plus the score at the last real token.
+
+    scores: (batch,), one number per response from the reward model. Padding gets reward 0.
+    """
+    rewards = -kl_coef * per_token_kl(logprobs, ref_logprobs, mask)
+    last = last_token_index(mask)
+    rows = torch.arange(len(scores), device=rewards.device)
+    rewards[rows, last] += scores.to(rewards.dtype)
+    return rewards * mask
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation, computed backwards from the last token.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last real token is 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                            (the target of the value head)
+
+    Returns (advantages, returns), both 0 on padding.
+    """
+    rewards = rewards * mask
+    values = values * mask
+    length = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+
+    ratio = pi(a_t) / pi_old(a_t) = exp(logprobs - old_logprobs). Taking the larger loss (the
+    pessimistic bound) means a token stops pushing once its ratio left [1 - eps, 1 + eps] in the
+    direction its advantage favours. Returns (loss, clip_fraction): the share of tokens where the
+    clipped term was the larger one, so their gradient is zero.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2).
+
+    Returns (loss, clip_fraction): the share of tokens where the clipped error was the larger one.
+    """
+    clipped_values = torch.max(torch.min(values, old_values + clip_range), old_values - clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
+    clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
+    return loss, clip_fraction
+
+
+class FixedKLController:
+    """A KL coefficient that never changes (0.0 switches the KL penalty off)."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to adapt."""
+
+
+class AdaptiveKLController:
+    """The adaptive KL coefficient of Ziegler et al. (2019), aiming the KL at `target`:
+
+        error = clip(current_kl / target - 1, -0.2, 0.2)
+        coef  = coef * (1 + error * n_steps / horizon)
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Raise the coefficient when the KL is above target, lower it when below; `n_steps`: samples seen."""
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# --- the policy: a LoRA model plus a value head ------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """V(s_t): one linear layer (no dropout) from the hidden state of a response position to a number.
+
+    It starts at zero, so every value is 0 at first: a random start would predict large values
+    from large hidden states, and the value loss, whose gradient also reaches the LoRA matrices
+    through the hidden states, would then swamp the policy loss in the first steps.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, length, hidden) -> (batch, length), in float32 whatever the model's dtype."""
+        return self.linear(hidden_states.float()).squeeze(-1)
+
+
+def response_logits_and_hidden(
+    model: nn.Module,
+    is_encoder_decoder: bool,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    decoder_start_token_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits predicting each response token and the last hidden state at that position.
+
+    The one place the two model families differ in PPO. Position t of both outputs is where
+    the model, having read the query and response[:t], predicts response[t].
+    - encoder-decoder: the encoder reads the query; the decoder reads [start] + response[:-1].
+    - decoder-only: the model reads the left-padded query followed by the right-padded
+      response; the logits at query_length - 1 + t predict response[t].
+    """
+    if is_encoder_decoder:
+        start = torch.full_like(response_ids[:, :1], decoder_start_token_id)
+        decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        output = model(
+            input_ids=query_ids,
+            attention_mask=query_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_mask,
+            output_hidden_states=True,
+        )
+        return output.logits, output.decoder_hidden_states[-1]
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    # Positions count real tokens only, so a left-padded prompt sits where it would unpadded
+    # (rotary-position models such as Llama give the same logits either way; absolute-position ones do not).
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    output = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
+    )
+    first = query_ids.shape[1] - 1
+    last = first + response_ids.shape[1]
+    return output.logits[:, first:last], output.hidden_states[-1][:, first:last]
+
+
+class PolicyWithValueHead(nn.Module):
+    """The trained policy pi (model + LoRA adapter), its value head, and pi_ref (the adapter switched off)."""
+
+    def __init__(self, model: PeftModel, value_head: ValueHead | None = None):
+        super().__init__()
+        if not isinstance(model, PeftModel):
+            raise TypeError(
+                "PPO here needs a PEFT model (add_lora(model)): the reference policy is the adapter switched off."
+            )
+        self.model = model
+        config = model.get_base_model().config
+        self.is_encoder_decoder = bool(config.is_encoder_decoder)
+        self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
+        if value_head is None:
+            value_head = ValueHead(config.get_text_config().hidden_size)
+        self.value_head = value_head.to(model.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, values) for each response position: (batch, length, vocab) and (batch, length)."""
+        logits, hidden = response_logits_and_hidden(
+            self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
+            self.decoder_start_token_id,
+        )
+        return logits, self.value_head(hidden) * response_mask
+
+    @torch.no_grad()
+    def reference_logprobs(
+        self,
+        query_ids: torch.Tensor,
+        query_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """log pi_ref of each response token: the same network with its LoRA adapter disabled."""
+        with self.model.disable_adapter():
+            logits, _ = response_logits_and_hidden(
+                self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
+                self.decoder_start_token_id,
+            )
+        return logprobs_from_logits(logits / temperature, response_ids, response_mask)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The LoRA matrices and the value head: everything the optimizer updates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+# --- configuration and rollouts -------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig:
+    """Settings of a PPO run. `steps` and `checkpoint_every` may change between runs of one folder."""
+
+    steps: int = 20
+    batch_size: int = 16  # prompts (and responses) per step
+    mini_batch_size: int = 4  # responses per gradient update
+    ppo_epochs: int = 1  # passes over each batch
+    learning_rate: float = 1.41e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_range: float = 0.2  # eps of the policy ratio clip
+    value_clip_range: float = 0.2
+    value_loss_coef: float = 0.1
+    entropy_coef: float = 0.0
+    init_kl_coef: float = 0.2  # 0.0 (with adaptive_kl off) switches the KL penalty off
+    adaptive_kl: bool = True
+    target_kl: float = 6.0  # per-response KL the adaptive controller aims at
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    # Sampling: by default the plain distribution of the policy, which is what PPO's maths assumes.
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    do_sample: bool = True
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    checkpoint_every: int = 10
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})."
+            )
+        if self.steps < 0 or self.checkpoint_every < 1 or self.ppo_epochs < 1:
+            raise ValueError("steps must be >= 0, checkpoint_every and ppo_epochs >= 1.")
+
+    def kl_controller(self) -> AdaptiveKLController | FixedKLController:
+        if self.adaptive_kl:
+            return AdaptiveKLController(self.init_kl_coef, self.target_kl, self.kl_horizon)
+        return FixedKLController(self.init_kl_coef)
+
+
+@dataclass
+class Rollout:
+    """Prompts and the responses sampled for them, as token ids: the query left- or right-padded
+    as the family generates, the response right-padded; masks are 1 on real tokens."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+    def select(self, rows: torch.Tensor | slice) -> Rollout:
+        """The rollout of some rows only (a mini-batch)."""
+        return Rollout(self.query_ids[rows], self.query_mask[rows], self.response_ids[rows], self.response_mask[rows])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.query_ids, self.query_mask, self.response_ids, self.response_mask
+
+
+def end_of_sequence_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends a response: the generation config's and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
+def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """1 up to and including the first end-of-sequence token, 0 after it (the padding generate() adds)."""
+    is_eos = torch.isin(response_ids, torch.tensor(list(eos_ids), device=response_ids.device)).long()
+    eos_before = is_eos.cumsum(dim=1) - is_eos
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def sample_responses(
+    policy: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: PPOConfig
+) -> Rollout:
+    """Sample one response per prompt from the current policy; keeps the sampled token ids.
+
+    Padding as in utils.generation: decoder-only prompts on the left, so every prompt ends
+    where its response starts; encoder-decoder prompts on the right.
+    """
+    model = policy.model
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if policy.is_encoder_decoder else "left"
+    try:
+        query = encode(tokenizer, prompts, policy.is_encoder_decoder, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous_side
+    query = query.to(policy.device)
+    options = dict(
+        do_sample=config.do_sample, max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id
+    )
+    if config.do_sample:
+        options.update(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
+    if config.min_new_tokens:
+        options["min_new_tokens"] = config.min_new_tokens
+    generated = model.generate(input_ids=query["input_ids"], attention_mask=query["attention_mask"], **options)
+    # Encoder-decoders start their output with the decoder start token; decoder-only outputs repeat the prompt.
+    response_ids = generated[:, 1:] if policy.is_encoder_decoder else generated[:, query["input_ids"].shape[1] :]
+    response_mask = response_mask_until_eos(response_ids, end_of_sequence_ids(model, tokenizer))
+    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    return Rollout(query["input_ids"], query["attention_mask"], response_ids, response_mask)
+
+
+def decode_responses(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
+    """The text of each response (its real tokens, special tokens left out), for the reward model."""
+    rows = zip(rollout.response_ids, rollout.response_mask)
+    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip() for ids, mask in rows]
+
+
+def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Which prompts step `step` uses: the prompts in a seeded random order, a new order on each pass."""
+    indices = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n_prompts)
+        order = list(range(n_prompts))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        indices.append(order[offset])
+    return indices
+
+
+# --- training ---------------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint"  # the folder holding the last checkpoint of a run
+
+
+@dataclass
+class PPOResult:
+    """What a PPO run produced: the trained policy and one log record per step."""
+
+    policy: PolicyWithValueHead
+    output_dir: Path
+    history: list[dict] = field(default_factory=list)
+    reused: bool = False  # True when the finished run was loaded instead of trained
+    resumed_from: int = 0  # the step training continued from (0: from the start)
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one logged quantity, for plots."""
+        return [(record["step"], record[key]) for record in self.history]
+
+
+def run_fingerprint(
+    policy: PolicyWithValueHead,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_fn: Callable,
+    prompts: list[str],
+    config: PPOConfig,
+) -> str:
+    """What makes two runs the same run: the settings (all but steps and checkpoint_every), the model's
+    name, the adapter's shape, the reward function's name and the prompts (not the weights themselves)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")}
+    adapter = policy.model.peft_config[policy.model.active_adapter]
+    targets = adapter.target_modules
+    reward_owner = getattr(reward_fn, "__self__", reward_fn)
+    identity = {
+        "settings": settings,
+        "model": policy.model.get_base_model().config.name_or_path,
+        "adapter": {"r": adapter.r, "alpha": adapter.lora_alpha,
+                    "targets": targets if isinstance(targets, str) else sorted(targets)},
+        "tokenizer": tokenizer.name_or_path,
+        "reward": [getattr(reward_fn, "__qualname__", type(reward_fn).__qualname__),
+                   str(getattr(reward_owner, "name", ""))],
+        "prompts": hashlib.sha256("\x00".join(prompts).encode("utf-8")).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "python": _as_lists(random.getstate()),
+        "numpy": _as_lists(np.random.get_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _as_lists(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def _restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_checkpoint(
+    folder: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Write adapter, value head, optimizer and run state together; an interruption leaves the previous checkpoint."""
+    with atomic_directory(folder) as staging:
+        save_file(get_peft_model_state_dict(policy.model), str(staging / "adapter_model.safetensors"))
+        save_file(policy.value_head.state_dict(), str(staging / "value_head.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        write_json_atomic(staging / "state.json", state)
+
+
+def load_checkpoint(folder: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load a checkpoint's weights (and optimizer state) into `policy` (and `optimizer`) in place."""
+    device = str(policy.device)
+    set_peft_model_state_dict(policy.model, load_file(str(folder / "adapter_model.safetensors"), device=device))
+    policy.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors"), device=device))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+
+
+def read_checkpoint_state(output_dir: Path) -> dict | None:
+    path = Path(output_dir) / CHECKPOINT / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@torch.no_grad()
+def score_rollout(
+    policy: PolicyWithValueHead, rollout: Rollout, config: PPOConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(old_logprobs, ref_logprobs, old_values) of the sampled responses, mini-batch by mini-batch."""
+    old_logprobs, ref_logprobs, old_values = [], [], []
+    for start in range(0, len(rollout), config.mini_batch_size):
+        part = rollout.select(slice(start, start + config.mini_batch_size))
+        logits, values = policy(*part.tensors())
+        logprobs = logprobs_from_logits(logits / config.temperature, part.response_ids, part.response_mask)
+        old_logprobs.append(logprobs)
+        old_values.append(values)
+        ref_logprobs.append(policy.reference_logprobs(*part.tensors(), temperature=config.temperature))
+    return torch.cat(old_logprobs), torch.cat(ref_logprobs), torch.cat(old_values)
+
+
+def ppo_update(
+    policy: PolicyWithValueHead,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    config: PPOConfig,
+) -> dict[str, float]:
+    """ppo_epochs passes of shuffled mini-batches: loss = policy loss + c_v * value loss - c_e * entropy."""
+    parameters = policy.trainable_parameters()
+    totals: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [],
+                                      "value_clip_fraction": [], "entropy": []}
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(rollout))
+        for start in range(0, len(rollout), config.mini_batch_size):
+            rows = order[start : start + config.mini_batch_size]
+            part = rollout.select(rows)
+            mask = part.response_mask
+            logits, values = policy(*part.tensors())
+            logits = logits / config.temperature
+            logprobs = logprobs_from_logits(logits, part.response_ids, mask)
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            policy_loss, clip_fraction = clipped_policy_loss(
+                logprobs, old_logprobs[rows], advantages[rows], mask, config.clip_range
+            )
+            value_loss, value_clip_fraction = clipped_value_loss(
+                values, old_values[rows], returns[rows], mask, config.value_clip_range
+            )
+            loss = policy_loss + config.value_loss_coef * value_loss - config.entropy_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            totals["policy_loss"].append(policy_loss.item())
+            totals["value_loss"].append(value_loss.item())
+            totals["clip_fraction"].append(clip_fraction.item())
+            totals["value_clip_fraction"].append(value_clip_fraction.item())
+            totals["entropy"].append(entropy.item())
+    return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
+def ppo_step(
+    policy: PolicyWithValueHead,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    kl_controller: AdaptiveKLController | FixedKLController,
+    reward_fn: Callable[[list[str]], list[float]],
+    prompts: list[str],
+    config: PPOConfig,
+) -> dict[str, float]:
+    """One PPO step on a batch of prompts: sample, score, penalise the KL, estimate advantages, update.
+
+    Returns the step's log record (without "step" and "seconds").
+    """
+    rollout = sample_responses(policy, tokenizer, prompts, config)
+    texts = decode_responses(tokenizer, rollout)
+    scores = torch.tensor(reward_fn(texts), dtype=torch.float32, device=policy.device)
+    if scores.shape != (len(texts),):
+        raise ValueError(f"reward_fn must return one number per text: {tuple(scores.shape)} for {len(texts)} texts.")
+    mask = rollout.response_mask
+
+    old_logprobs, ref_logprobs, old_values = score_rollout(policy, rollout, config)
+    rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_controller.value)
+    advantages, returns = gae_advantages(rewards, old_values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    losses = ppo_update(policy, optimizer, rollout, old_logprobs, old_values, advantages, returns, config)
+
+    kl = per_token_kl(old_logprobs, ref_logprobs, mask).sum(dim=1).mean().item()  # per response
+    record = {
+        "reward_mean": scores.mean().item(),
+        "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "kl": kl,
+        "kl_coef": kl_controller.value,  # the coefficient this step used
+        **losses,
+        "response_length": mask.sum(dim=1).float().mean().item(),
+    }
+    kl_controller.update(kl, n_steps=len(texts))
+    return record
+
+
+def train_ppo(
+    policy: PolicyWithValueHead,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_fn: Callable[[list[str]], list[float]],
+    prompts: list[str],
+    config: PPOConfig,
+    output_dir: str | os.PathLike,
+    callback: Callable[[dict], None] | None = None,
+) -> PPOResult:
+    """Train `policy` with PPO to raise `reward_fn(response_texts)`, checkpointing into `output_dir`.
+
+    Rerunning with the same settings resumes from the last checkpoint (or, when every step is
+    done, loads the result without training); a folder from other settings is discarded.
+    `callback(record)` is called with each step's log record.
+    """
+    output_dir = Path(output_dir)
+    fingerprint = run_fingerprint(policy, tokenizer, reward_fn, prompts, config)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    kl_controller = config.kl_controller()
+    history: list[dict] = []
+    start_step = 0
+
+    state = read_checkpoint_state(output_dir)
+    if state is not None and (state["fingerprint"] != fingerprint or state["step"] > config.steps):
+        # Checkpoints of other settings (or of a longer run): never continue them.
+        print(f"{output_dir} holds a different PPO run; starting afresh.")
+        shutil.rmtree(output_dir)
+        state = None
+    if state is not None and state["step"] == config.steps:
+        load_checkpoint(output_dir / CHECKPOINT, policy, optimizer=None)
+        print(f"Reusing the finished PPO run in {output_dir} (delete the folder to train again).")
+        return PPOResult(policy, output_dir, state["history"], reused=True, resumed_from=state["step"])
+    if state is not None:
+        load_checkpoint(output_dir / CHECKPOINT, policy, optimizer)
+        print(f"Resuming from step {state['step']}")
+        start_step = state["step"]
+        history = state["history"]
+        kl_controller.value = state["kl_coef"]
+        _restore_rng_state(state["rng"])
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+    policy.eval()  # no dropout: the policy that samples and the one being updated must be the same function
+    progress = tqdm(range(start_step, config.steps), desc="PPO", initial=start_step, total=config.steps,
+                    disable=os.environ.get("TQDM_DISABLE") == "1")
+    for step in progress:
+        started = time.perf_counter()
+        batch = [prompts[i] for i in prompt_indices(len(prompts), config.batch_size, step, config.seed)]
+        record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config)}
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2f}")
+        if callback is not None:
+            callback(record)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            run_state = {"fingerprint": fingerprint, "step": step + 1, "kl_coef": kl_controller.value,
+                         "history": history, "rng": _rng_state()}
+            save_checkpoint(output_dir / CHECKPOINT, policy, optimizer, run_state)
+    return PPOResult(policy, output_dir, history, reused=False, resumed_from=start_step)

@@ -1,0 +1,177 @@
+"""Reward models for PPO: scorers that read texts (with their own tokenizer) and return one number each.
+
+Every toxicity scorer offers the same two methods:
+- `toxicity(texts)`: the probability that each text is toxic, from 0 to 1;
+- `reward(texts)`: what PPO maximises, higher for less toxic text.
+
+`make_scorer(profile)` picks one: the hate-speech classifier of the original lab when the
+profile has the Hugging Face Hub, a small offline profanity model otherwise, or a reward
+model you trained yourself (a folder), read the same way as the Hub classifier.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from utils.hub import require_hub
+from utils.profiles import Profile
+
+DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
+DEFAULT_NON_TOXIC_LABEL = "nothate"
+PROFANITY_INSTALL = "pip install alt-profanity-check"
+
+
+class ToxicityScorer(Protocol):
+    """What PPO and the evaluation need from a reward model."""
+
+    name: str  # says which model scores, e.g. "classifier:facebook/roberta-hate-speech-dynabench-r4-target"
+
+    def toxicity(self, texts: list[str]) -> list[float]:
+        """Probability that each text is toxic (0..1)."""
+        ...
+
+    def reward(self, texts: list[str]) -> list[float]:
+        """Reward for each text: higher means less toxic."""
+        ...
+
+
+def label_index(config, label: str) -> int:
+    """Index of the output named `label` in a classifier's config; a ValueError listing the labels if absent."""
+    id2label = {int(i): name for i, name in (config.id2label or {}).items()}
+    label2id = {**{name: i for i, name in id2label.items()}, **(config.label2id or {})}
+    if label in label2id:
+        return int(label2id[label])
+    raise ValueError(
+        f"The classifier has no label {label!r}; its labels are: {', '.join(map(str, id2label.values()))}. "
+        "Pass the name of its non-toxic label as non_toxic_label."
+    )
+
+
+class ClassifierScorer:
+    """A sequence classifier (Hub id or local folder) scoring texts with its own tokenizer.
+
+    reward = the logit of the non-toxic label (as in the original lab);
+    toxicity = 1 - softmax probability of the non-toxic label.
+    A model with a single output (a reward model such as notebook 07 trains) needs no label:
+    reward = its output, toxicity = sigmoid(-output), reading the output as log-odds of a good text.
+    """
+
+    def __init__(
+        self,
+        model_id_or_path: str | os.PathLike = DEFAULT_CLASSIFIER,
+        non_toxic_label: str = DEFAULT_NON_TOXIC_LABEL,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        max_length: int = 512,
+    ):
+        location = str(model_id_or_path)
+        if not Path(location).is_dir():
+            require_hub(f"The reward model {location}")
+        self.name = f"classifier:{location}"
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            location, use_safetensors=True, trust_remote_code=False
+        ).to(self.device).eval()
+        single_output = self.model.config.num_labels == 1
+        self.non_toxic_index = 0 if single_output else label_index(self.model.config, non_toxic_label)
+
+    @torch.no_grad()
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """The classifier's logits, (len(texts), number of labels), in float32 on the CPU."""
+        parts = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+            ).to(self.device)
+            parts.append(self.model(**encoded).logits.float().cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, self.model.config.num_labels)
+
+    def reward(self, texts: list[str]) -> list[float]:
+        return self.logits(texts)[:, self.non_toxic_index].tolist()
+
+    def toxicity(self, texts: list[str]) -> list[float]:
+        logits = self.logits(texts)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(-logits[:, 0]).tolist()
+        probabilities = torch.softmax(logits, dim=-1)
+        return (1.0 - probabilities[:, self.non_toxic_index]).tolist()
+
+
+class ProfanityScorer:
+    """The offline scorer: `alt-profanity-check`, a linear model on word counts (no GPU, no download).
+
+    toxicity = its probability p that the text is offensive. The reward is the log-odds of
+    the text being clean, log((1 - p) / p), with p kept within [1e-4, 1 - 1e-4]: a logit like
+    the classifier's reward, so both give PPO rewards of a similar scale (about -9 to +9).
+    An empty text is scored like any other (about p = 0.04, reward about +3.3).
+    """
+
+    name = "profanity-check"
+    EPSILON = 1e-4
+
+    def __init__(self):
+        try:
+            from profanity_check import predict_prob
+        except ImportError:
+            raise ImportError(f"ProfanityScorer needs the alt-profanity-check package: {PROFANITY_INSTALL}") from None
+        self._predict_prob = predict_prob
+
+    def toxicity(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        return [float(p) for p in self._predict_prob(list(texts))]
+
+    def reward(self, texts: list[str]) -> list[float]:
+        rewards = []
+        for p in self.toxicity(texts):
+            p = min(max(p, self.EPSILON), 1.0 - self.EPSILON)
+            rewards.append(math.log((1.0 - p) / p))
+        return rewards
+
+
+class TokenShareReward:
+    """A synthetic reward for tests: how much of a text one token makes up.
+
+    reward = (occurrences of the token's text) x (its length) / (length of the text), from 0 to 1
+    (0 for an empty text). It is measured on the text, not on token ids, because tokenizing a
+    decoded text again can merge tokens ("." "." -> "..").
+    """
+
+    def __init__(self, token: str | int, tokenizer: PreTrainedTokenizerBase | None = None):
+        if isinstance(token, int):
+            if tokenizer is None:
+                raise ValueError("A token id needs its tokenizer, to turn it into text.")
+            token = tokenizer.decode([token])
+        if not token:
+            raise ValueError("The token must have some text.")
+        self.token = token
+        self.name = f"token-share:{token!r}"
+
+    def reward(self, texts: list[str]) -> list[float]:
+        return [text.count(self.token) * len(self.token) / len(text) if text else 0.0 for text in texts]
+
+
+def make_scorer(
+    profile: Profile,
+    reward_model: str | os.PathLike | None = None,
+    non_toxic_label: str = DEFAULT_NON_TOXIC_LABEL,
+) -> ClassifierScorer | ProfanityScorer:
+    """The reward model for `profile`: `reward_model` (a folder or Hub id) when given, else the
+    original lab's hate-speech classifier for profiles with the Hub, else the offline profanity model."""
+    from utils.models import resolve_device
+
+    if reward_model is not None:
+        return ClassifierScorer(reward_model, non_toxic_label, device=resolve_device(profile))
+    if profile.needs_hub:
+        return ClassifierScorer(DEFAULT_CLASSIFIER, non_toxic_label, device=resolve_device(profile))
+    return ProfanityScorer()
