@@ -1,4 +1,4 @@
-"""Command line: `python -m utils {check-data,prepare,run,report}`.
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -63,6 +63,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure_training(args: argparse.Namespace) -> int:
+    import json
+
+    from utils.benchmark import measure_training_steps
+    from utils.course import configure_threads
+    from utils.profiles import choose_profile, with_overrides
+
+    profile, _ = choose_profile()
+    configure_threads()
+    print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size)))
+    return 0
+
+
 def _write_report(profile):
     from utils.course import library_versions
     from utils.models import resolve_device
@@ -89,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(handler=_run)
     report = commands.add_parser("report", help="rewrite runs/<profile>/REPORT.md from results.json")
     report.set_defaults(handler=_report)
+    measure = commands.add_parser("measure-training", help="time a few training steps of one method; prints JSON")
+    measure.add_argument("method", choices=("full", "lora", "prompt_tuning", "qlora"))
+    measure.add_argument("--steps", type=int, default=3)
+    measure.add_argument("--batch-size", type=int, default=None)
+    measure.set_defaults(handler=_measure_training)
     args = parser.parse_args(argv)
 
     from utils.errors import USER_ERRORS

@@ -1,9 +1,10 @@
-"""Parameter-efficient fine-tuning with PEFT: LoRA adapters on the attention projections."""
+"""Parameter-efficient fine-tuning with PEFT: LoRA adapters on the attention projections, and soft prompts."""
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import PreTrainedModel
+import torch
+from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Query and value projections, by architecture: the one place the model families differ here.
 ATTENTION_QUERY_VALUE = {
@@ -38,3 +39,42 @@ def lora_config(model: PreTrainedModel, rank: int = 16, alpha: int | None = None
 def add_lora(model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default") -> PeftModel:
     """Freeze `model` and attach a trainable LoRA adapter; returns the PEFT wrapper."""
     return get_peft_model(model, lora_config(model, rank, alpha), adapter_name=adapter_name)
+
+
+def prompt_tuning_config(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_virtual_tokens: int = 20,
+    init_text: str | None = None,
+) -> PromptTuningConfig:
+    """Soft prompt of `num_virtual_tokens` trainable embeddings, started from `init_text`'s tokens or at random."""
+    return PromptTuningConfig(
+        task_type=task_type(model),
+        num_virtual_tokens=num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if init_text else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=init_text or None,
+        tokenizer_name_or_path=tokenizer.name_or_path if init_text else None,
+    )
+
+
+def add_prompt_tuning(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    num_virtual_tokens: int = 20,
+    init_text: str | None = None,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """Freeze `model` and prepend a trainable soft prompt to every input; returns the PEFT wrapper."""
+    config = prompt_tuning_config(model, tokenizer, num_virtual_tokens, init_text)
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+def soft_prompt(model: PeftModel, adapter_name: str = "default") -> torch.Tensor:
+    """The learned virtual-token embeddings, one row per virtual token."""
+    return model.prompt_encoder[adapter_name].embedding.weight.detach()
+
+
+def nearest_tokens(model: PeftModel, tokenizer: PreTrainedTokenizerBase, k: int = 3,
+                   adapter_name: str = "default") -> list[list[str]]:
+    """For each virtual token, the `k` vocabulary tokens whose input embeddings are closest by cosine similarity."""
+    prompt = torch.nn.functional.normalize(soft_prompt(model, adapter_name).float(), dim=-1)
+    vocabulary = torch.nn.functional.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
+    closest = (prompt @ vocabulary.T).topk(k, dim=-1).indices
+    return [[tokenizer.decode([int(i)]) for i in row] for row in closest]

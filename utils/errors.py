@@ -4,5 +4,6 @@ from utils.data import DataError
 from utils.hub import HubUnreachableError
 from utils.models import ModelUnavailableError
 from utils.profiles import ProfileError
+from utils.quantization import QuantizationUnavailable
 
-USER_ERRORS = (DataError, HubUnreachableError, ModelUnavailableError, ProfileError)
+USER_ERRORS = (DataError, HubUnreachableError, ModelUnavailableError, ProfileError, QuantizationUnavailable)

@@ -63,6 +63,9 @@ class Profile:
     sweep_ranks: tuple[int, ...] = (1, 4, 16, 64)
     sweep_train_examples: int = 32
     sweep_test_examples: int = 16
+    # Prompt tuning: soft-prompt length and its (much larger) learning rate.
+    virtual_tokens: int = 20
+    soft_prompt_learning_rate: float = 3e-2
     seed: int = 42
     cost: str = ""
     data_label: str = ""  # set when COURSE_DATA replaces the profile's data
@@ -105,6 +108,7 @@ _TINY_COMMON = dict(
     sweep_ranks=(1, 4),
     sweep_train_examples=8,
     sweep_test_examples=4,
+    virtual_tokens=8,
     cost="seconds per notebook on any CPU; outputs are random text (random weights)",
 )
 

@@ -18,6 +18,8 @@ TEMPLATES: dict[str, str] = {
 # A second task on the same dialogues (notebook 03 swaps adapters between the two).
 TOPIC_TEMPLATE = "What is the topic of this conversation? Answer in one to three words.\n\n{dialogue}\n\nTopic:"
 DEFAULT_TEMPLATE = "classic"
+# The text a soft prompt starts from when it is initialised from words (notebook 04).
+SOFT_PROMPT_INIT_TEXT = "Summarize the following conversation in one or two sentences."
 
 
 def instruction(

@@ -1,0 +1,82 @@
+"""LoRA adapters and soft prompts on both tiny model families."""
+
+import pytest
+import torch
+
+from utils.adapters import add_lora, add_prompt_tuning, attention_targets, nearest_tokens, soft_prompt
+from utils.models import count_parameters, load_model_and_tokenizer
+
+
+def test_lora_trains_only_the_low_rank_matrices_on_query_and_value(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    _, total = count_parameters(model)
+
+    wrapped = add_lora(model, rank=2)
+
+    trainable_names = [name for name, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable_names and all("lora_" in name for name in trainable_names)
+    assert all(any(f".{target}." in name for target in attention_targets(model)) for name in trainable_names)
+    assert count_parameters(wrapped)[0] < total / 10
+
+
+def test_a_soft_prompt_trains_virtual_tokens_times_the_embedding_width(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    width = model.get_input_embeddings().weight.shape[1]
+
+    wrapped = add_prompt_tuning(model, tokenizer, num_virtual_tokens=5)
+
+    # PEFT gives an encoder-decoder's decoder a soft prompt of its own: twice the vectors.
+    copies = 2 if model.config.is_encoder_decoder else 1
+    assert count_parameters(wrapped)[0] == 5 * copies * width
+    assert soft_prompt(wrapped).shape == (5 * copies, width)
+
+
+def test_a_soft_prompt_from_text_starts_at_the_texts_token_embeddings(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    text = "summary of the dialogue"
+    ids = tokenizer(text)["input_ids"]  # with the tokenizer's special tokens, as PEFT encodes it
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+
+    wrapped = add_prompt_tuning(model, tokenizer, num_virtual_tokens=len(ids), init_text=text)
+
+    rows = soft_prompt(wrapped).shape[0]  # twice len(ids) for an encoder-decoder: the text repeats
+    expected = (ids * 2)[:rows]
+    assert torch.allclose(soft_prompt(wrapped), embeddings[expected])
+    assert [row[0] for row in nearest_tokens(wrapped, tokenizer, k=1)] == [tokenizer.decode([i]) for i in expected]
+
+
+def test_a_random_soft_prompt_is_not_the_text_one(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = tokenizer("summary of the dialogue", add_special_tokens=False)["input_ids"]
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+
+    wrapped = add_prompt_tuning(model, tokenizer, num_virtual_tokens=len(ids))
+
+    assert not torch.allclose(soft_prompt(wrapped)[: len(ids)], embeddings[ids])
+
+
+def test_the_soft_prompt_changes_the_output_while_the_model_stays_frozen(tiny_profile):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    wrapped = add_prompt_tuning(model, tokenizer, num_virtual_tokens=4)
+    batch = tokenizer(["hello there"], return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=1.0)
+    prompt_before = soft_prompt(wrapped).clone()
+
+    wrapped(**batch, labels=labels).loss.backward()
+    optimizer.step()
+
+    assert not torch.allclose(soft_prompt(wrapped), prompt_before)
+    for name, p in model.named_parameters():
+        if name in before:
+            assert torch.equal(p, before[name]), f"{name} changed"
+
+
+def test_lora_on_an_unknown_architecture_says_where_to_add_it():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=32))
+
+    with pytest.raises(ValueError, match="ATTENTION_QUERY_VALUE"):
+        add_lora(model)

@@ -1,0 +1,33 @@
+"""Training-step measurements of each method, as bench/training.py and notebook 05 use them."""
+
+import pytest
+
+from utils.benchmark import TRAINING_METHODS, compare_training_methods, measure_training_steps
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_each_method_trains_a_few_steps_and_reports_its_costs(method, tiny_profile):
+    row = measure_training_steps(tiny_profile, method, steps=1, batch_size=2)
+
+    assert row["method"] == method
+    assert row["tokens_per_second"] > 0 and row["peak_memory_mb"] > 0
+    assert 0 < row["trainable_params"] <= row["total_params"]
+    if method == "full":
+        assert row["trainable_params"] == row["total_params"]
+    else:
+        assert row["trainable_params"] < row["total_params"] / 10
+
+
+def test_an_unknown_method_is_refused(tiny_profile):
+    with pytest.raises(ValueError, match="Unknown method"):
+        measure_training_steps(tiny_profile, "bitfit", steps=1)
+
+
+def test_methods_are_measured_in_their_own_processes_with_ratios_to_full():
+    from utils.profiles import get_profile
+
+    rows = compare_training_methods(get_profile("tiny-causal"), ("full", "lora"), steps=1, batch_size=2)
+
+    assert [r["method"] for r in rows] == ["full", "lora"]
+    assert rows[0]["speed_vs_full"] == 1.0 and rows[0]["memory_vs_full"] == 1.0
+    assert rows[1]["trainable_params"] < rows[0]["trainable_params"]

@@ -1,0 +1,59 @@
+"""QLoRA pieces: NF4 loading with bitsandbytes on this machine's device, and number formats."""
+
+import torch
+
+from utils.quantization import (
+    add_qlora,
+    bitsandbytes_problem,
+    format_sizes,
+    load_4bit_model,
+    nf4_config,
+    nf4_round_trip_error,
+    qlora_training_overrides,
+)
+from utils.benchmark import weight_megabytes
+from utils.models import count_parameters, load_model
+
+
+def test_bitsandbytes_runs_4bit_on_this_cpu():
+    assert bitsandbytes_problem(torch.device("cpu")) is None
+
+
+def test_nf4_config_asks_for_nf4_double_quantization_and_the_compute_dtype():
+    config = nf4_config(torch.bfloat16)
+
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_format_sizes_halve_with_the_bits():
+    sizes = format_sizes(1_000_000)
+
+    assert sizes["float32"] == 2 * sizes["bfloat16"] == 4 * sizes["int8"] == 8 * sizes["nf4"]
+
+
+def test_nf4_keeps_weights_close_but_not_exact():
+    weight = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+
+    error = nf4_round_trip_error(weight)
+
+    assert 0.0 < error < 0.2
+
+
+def test_a_4bit_model_is_smaller_and_trains_only_lora(tiny_profile):
+    full_precision = weight_megabytes(load_model(tiny_profile))
+
+    model = load_4bit_model(tiny_profile)
+    quantized = weight_megabytes(model)
+    model = add_qlora(model, tiny_profile, rank=2)
+
+    assert quantized < full_precision
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < total
+    assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+
+
+def test_on_cpu_qlora_uses_plain_adamw_without_checkpointing(tiny_profile):
+    assert qlora_training_overrides(tiny_profile) == {"optim": "adamw_torch", "gradient_checkpointing": False}

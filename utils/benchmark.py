@@ -1,0 +1,120 @@
+"""Training steps of every method on the same batch: tokens per second and peak memory.
+
+Each method is measured in its own Python process (`python -m utils measure-training`),
+so one method's memory never counts towards another's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from utils.adapters import add_lora, add_prompt_tuning
+from utils.data import load_profile_data, tokenize_for_training, training_collator
+from utils.measure import PeakMemory
+from utils.models import count_parameters, load_model, load_tokenizer, resolve_device
+from utils.profiles import Profile
+from utils.prompts import SOFT_PROMPT_INIT_TEXT
+
+TRAINING_METHODS = ("full", "lora", "prompt_tuning", "qlora")
+
+
+def model_for_method(profile: Profile, method: str, tokenizer) -> tuple[torch.nn.Module, float]:
+    """The model set up for `method` as the notebooks set it up, and the method's learning rate."""
+    if method == "full":
+        return load_model(profile), profile.full_learning_rate
+    if method == "lora":
+        return add_lora(load_model(profile), rank=profile.lora_rank), profile.peft_learning_rate
+    if method == "prompt_tuning":
+        model = add_prompt_tuning(load_model(profile), tokenizer, profile.virtual_tokens, SOFT_PROMPT_INIT_TEXT)
+        return model, profile.soft_prompt_learning_rate
+    if method == "qlora":
+        from utils.quantization import add_qlora, load_4bit_model
+
+        return add_qlora(load_4bit_model(profile), profile, rank=profile.lora_rank), profile.peft_learning_rate
+    raise ValueError(f"Unknown method {method!r}; choose from {', '.join(TRAINING_METHODS)}.")
+
+
+def weight_megabytes(model: torch.nn.Module) -> float:
+    """Memory the weights and buffers take as loaded (4-bit layers count their packed bytes)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**20
+
+
+def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_size: int | None = None) -> dict:
+    """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
+
+    Returns tokens per second (real tokens of the batch, padding excluded), peak memory over
+    loading and training (process RSS on CPU, CUDA peak allocated on GPU), weight memory and
+    trainable parameters.
+    """
+    device = resolve_device(profile)
+    batch_size = batch_size or profile.batch_size
+    tokenizer = load_tokenizer(profile)
+    rows = load_profile_data(profile)["train"].select(range(batch_size))
+    features = tokenize_for_training(rows, tokenizer, profile)
+    batch = training_collator(tokenizer)([features[i] for i in range(len(features))])
+    batch = {key: value.to(device) for key, value in batch.items()}
+    real_tokens = int(sum(len(ids) for ids in features["input_ids"]))
+    with PeakMemory(device) as memory:
+        model, learning_rate = model_for_method(profile, method, tokenizer)
+        model.train()
+        trainable, total = count_parameters(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+        seconds = []
+        for step in range(steps + 1):  # step 0 warms up (allocations, kernel choices) and is not timed
+            started = time.perf_counter()
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step:
+                seconds.append(time.perf_counter() - started)
+    return {
+        "method": method,
+        "device": device.type,
+        "batch_size": batch_size,
+        "tokens_per_step": real_tokens,
+        "seconds_per_step": sum(seconds) / len(seconds),
+        "tokens_per_second": real_tokens * len(seconds) / sum(seconds),
+        "peak_memory_mb": memory.peak_mb,
+        "weight_memory_mb": weight_megabytes(model),
+        "trainable_params": trainable,
+        "total_params": total,
+        "final_loss": float(loss.detach()),
+    }
+
+
+def measure_in_subprocess(profile: Profile, method: str, steps: int = 3, batch_size: int | None = None) -> dict:
+    """`measure_training_steps` in a fresh Python process; the profile is passed by name and overrides."""
+    command = [sys.executable, "-m", "utils", "measure-training", method, "--steps", str(steps)]
+    if batch_size:
+        command += ["--batch-size", str(batch_size)]
+    environment = {**os.environ, "COURSE_PROFILE": profile.name}
+    if profile.data_label:
+        environment["COURSE_DATA"] = profile.data
+    result = subprocess.run(command, env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"Measuring {method} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compare_training_methods(
+    profile: Profile, methods: tuple[str, ...] = TRAINING_METHODS, steps: int = 3, batch_size: int | None = None
+) -> list[dict]:
+    """One measurement per method, each in its own process, with ratios to full fine-tuning."""
+    from tqdm.auto import tqdm
+
+    rows = [measure_in_subprocess(profile, method, steps, batch_size) for method in tqdm(methods, desc="methods")]
+    full = next((r for r in rows if r["method"] == "full"), None)
+    for row in rows:
+        if full:
+            row["speed_vs_full"] = row["tokens_per_second"] / full["tokens_per_second"]
+            row["memory_vs_full"] = row["peak_memory_mb"] / full["peak_memory_mb"]
+    return rows

@@ -1,0 +1,97 @@
+"""QLoRA: a base model stored in 4-bit NF4 with bitsandbytes, LoRA trained on top.
+
+bitsandbytes runs 4-bit on CUDA and, from version 0.46, on the CPU too. Paged optimizers
+and gradient checkpointing are used where they help: on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+
+import torch
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig, PreTrainedModel
+
+from utils.adapters import add_lora
+from utils.models import load_model, resolve_device, resolve_dtype
+from utils.profiles import Profile
+
+MINIMUM_BITSANDBYTES = (0, 46)
+
+# Bits per weight of the number formats the notebook compares (NF4 adds a little for block scales).
+FORMAT_BITS = {"float32": 32, "bfloat16": 16, "int8": 8, "nf4": 4}
+
+
+class QuantizationUnavailable(RuntimeError):
+    """4-bit loading cannot work on this machine."""
+
+
+def bitsandbytes_problem(device: torch.device) -> str | None:
+    """Why 4-bit NF4 cannot run here, in one sentence with what to do; None when it can."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed: run `pip install 'bitsandbytes>=0.46'` (or `make run`, which installs it)."
+    version = importlib.metadata.version("bitsandbytes")
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if device.type == "cpu" and numbers < MINIMUM_BITSANDBYTES:
+        return f"bitsandbytes {version} has no CPU 4-bit kernels: upgrade to >= 0.46, or use a CUDA GPU."
+    try:
+        import bitsandbytes.functional as functional
+
+        functional.quantize_4bit(torch.ones(64, device=device), quant_type="nf4")
+    except Exception as error:  # the library's own message says what is missing
+        return f"bitsandbytes cannot quantize on {device.type} here ({type(error).__name__}: {error}); use a CUDA GPU or the LoRA notebook instead."
+    return None
+
+
+def nf4_config(compute_dtype: torch.dtype, double_quantization: bool = True) -> BitsAndBytesConfig:
+    """Weights stored as 4-bit NormalFloat in blocks of 64; matrix products computed in `compute_dtype`."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=double_quantization,  # the block scales are quantized too (8-bit)
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_4bit_model(profile: Profile, double_quantization: bool = True) -> PreTrainedModel:
+    """The profile's model with its linear layers quantized to NF4 while loading."""
+    device = resolve_device(profile)
+    problem = bitsandbytes_problem(device)
+    if problem:
+        raise QuantizationUnavailable(problem)
+    config = nf4_config(resolve_dtype(profile), double_quantization)
+    return load_model(profile, quantization_config=config, device_map={"": str(device) if device.type == "cpu" else device.index or 0})
+
+
+def uses_gradient_checkpointing(profile: Profile) -> bool:
+    """Recompute activations in the backward pass on GPUs, where memory is the limit; on CPUs time is."""
+    return resolve_device(profile).type == "cuda"
+
+
+def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16) -> PeftModel:
+    """Prepare a 4-bit model for training (norms in float32, input gradients) and attach LoRA."""
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=uses_gradient_checkpointing(profile))
+    return add_lora(model, rank=rank)
+
+
+def qlora_training_overrides(profile: Profile) -> dict:
+    """Trainer settings for QLoRA: paged 8-bit AdamW and gradient checkpointing on CUDA, plain AdamW on CPU."""
+    if resolve_device(profile).type == "cuda":
+        return {"optim": "paged_adamw_8bit", "gradient_checkpointing": True}
+    return {"optim": "adamw_torch", "gradient_checkpointing": False}
+
+
+def format_sizes(parameters: int) -> dict[str, float]:
+    """Megabytes that `parameters` weights take in each number format (scales of NF4 not included)."""
+    return {name: parameters * bits / 8 / 2**20 for name, bits in FORMAT_BITS.items()}
+
+
+def nf4_round_trip_error(weight: torch.Tensor, double_quantization: bool = True) -> float:
+    """Mean absolute error of quantizing a weight matrix to NF4 and back, relative to its mean absolute value."""
+    import bitsandbytes.functional as functional
+
+    weight = weight.detach().float().contiguous()
+    packed, state = functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=double_quantization)
+    restored = functional.dequantize_4bit(packed, state).float()
+    return float((restored - weight).abs().mean() / weight.abs().mean())
