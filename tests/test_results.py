@@ -98,3 +98,36 @@ def test_results_json_stays_valid_json_with_an_infinite_value():
 
     (record,) = json.loads(results_path("tiny").read_text(), parse_constant=reject)
     assert record["eval_loss"] is None
+
+
+def test_the_method_comparison_keeps_one_main_record_per_method_in_teaching_order():
+    from utils.report import method_comparison
+
+    records = [
+        {"notebook": "05_qlora", "method": "qlora", "rouge1": 0.4, "trainable_params": 10, "total_params": 1000},
+        {"notebook": "02_full_fine_tuning", "method": "base", "rouge1": 0.3},
+        {"notebook": "03_lora", "method": "lora", "variant": "sweep r=4", "rouge1": 0.9},
+        {"notebook": "03_lora", "method": "lora", "rouge1": 0.41, "trainable_params": 20, "total_params": 1000},
+        {"notebook": "01_prompting", "method": "zero_shot", "rouge1": 0.2},
+    ]
+
+    rows = method_comparison(records)
+
+    assert [r["method"] for r in rows] == ["base", "lora", "qlora"]
+    assert rows[1]["rouge1"] == 0.41 and rows[1]["trainable_percent"] == 2.0
+    assert "trainable_percent" not in rows[0]
+
+
+def test_write_report_compares_every_method_when_several_ran(isolated_runs):
+    from utils.results import record_result
+    from utils.report import write_report
+
+    record_result("tiny", "02_full_fine_tuning", "base", "m", rouge1=0.3, rouge2=0.1, rougeL=0.2, rougeLsum=0.2)
+    record_result("tiny", "05_qlora", "qlora", "m", rouge1=0.4, rouge2=0.1, rougeL=0.3, rougeLsum=0.3,
+                  trainable_params=5, total_params=100, peak_memory_mb=512.0)
+
+    text = write_report("tiny").read_text()
+
+    assert "## Every method on the same data" in text
+    assert "| 05_qlora | qlora | 0.4000 |" in text
+    assert (isolated_runs / "tiny" / "method_comparison.png").stat().st_size > 0

@@ -67,3 +67,17 @@ def plot_bars(values: dict[str, dict[str, float]], ylabel: str, title: str):
     axes.legend(fontsize="small", ncol=len(series))
     figure.tight_layout()
     return figure
+
+
+def plot_weights_and_levels(weights: torch.Tensor, levels: torch.Tensor, title: str):
+    """Histogram of weights scaled by their largest magnitude, with the values a format can store."""
+    scaled = (weights.detach().float() / weights.detach().float().abs().max()).flatten()
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    axes.hist(scaled.numpy(), bins=120, color="tab:blue", alpha=0.7)
+    for level in levels.tolist():
+        axes.axvline(level, color="tab:red", linewidth=0.8)
+    axes.set_xlabel("weight / largest |weight| (red: the 16 NF4 values)")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure

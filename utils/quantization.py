@@ -95,3 +95,10 @@ def nf4_round_trip_error(weight: torch.Tensor, double_quantization: bool = True)
     packed, state = functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=double_quantization)
     restored = functional.dequantize_4bit(packed, state).float()
     return float((restored - weight).abs().mean() / weight.abs().mean())
+
+
+def nf4_levels() -> torch.Tensor:
+    """The 16 values a 4-bit NormalFloat can take, on the [-1, 1] scale of a block's largest weight."""
+    import bitsandbytes.functional as functional
+
+    return functional.get_4bit_type("nf4", device="cpu").float()

@@ -66,6 +66,53 @@ def plot_rouge_by_method(records: list[dict], path: Path) -> Path | None:
     return path
 
 
+# The methods the course compares on one table, in teaching order, and what the table shows.
+COMPARED_METHODS = ("base", "full", "lora", "prompt_tuning", "qlora")
+COMPARISON_COLUMNS = (*ROUGE_TYPES, "trainable_params", "trainable_percent", "saved_bytes", "peak_memory_mb",
+                      "train_seconds", "tokens_per_second")
+
+
+def method_comparison(records: list[dict]) -> list[dict]:
+    """One record per compared method (its main result, from whichever notebook recorded it last), with % trainable."""
+    latest: dict[str, dict] = {}
+    for record in records:
+        if record["method"] in COMPARED_METHODS and not record.get("variant") and "rouge1" in record:
+            latest[record["method"]] = record
+    rows = []
+    for method in COMPARED_METHODS:
+        if method in latest:
+            row = dict(latest[method])
+            if row.get("trainable_params") and row.get("total_params"):
+                row["trainable_percent"] = 100 * row["trainable_params"] / row["total_params"]
+            rows.append(row)
+    return rows
+
+
+def plot_method_comparison(rows: list[dict]):
+    """ROUGE-1/ROUGE-L, trainable share and peak memory per method, side by side; None without rows."""
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    names = [r["method"] for r in rows]
+    figure, (quality, share, memory) = plt.subplots(1, 3, figsize=(13, 3.8))
+    width = 0.4
+    for offset, key in ((-width / 2, "rouge1"), (width / 2, "rougeL")):
+        quality.bar([i + offset for i in range(len(rows))], [r.get(key) or 0.0 for r in rows], width, label=key)
+    quality.set_title("quality (test split)")
+    quality.set_ylabel("F1")
+    quality.legend(fontsize="small")
+    share.bar(names, [r.get("trainable_percent") or 0.0 for r in rows], color="tab:green")
+    share.set_yscale("log")
+    share.set_title("trainable parameters (% of model, log)")
+    memory.bar(names, [r.get("peak_memory_mb") or 0.0 for r in rows], color="tab:red")
+    memory.set_title("peak memory while training (MB)")
+    for axis in (quality, share, memory):
+        axis.set_xticks(range(len(rows)), names, rotation=20, fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 def write_report(profile_name: str, environment: dict | None = None) -> Path:
     """Write runs/<profile>/REPORT.md (and its plots) from results.json; return its path."""
     folder = runs_dir(profile_name)
@@ -88,6 +135,16 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
         plot = plot_rouge_by_method(records, folder / "rouge_by_method.png")
         if plot:
             lines += ["![ROUGE by method](rouge_by_method.png)", ""]
+        comparison = method_comparison(records)
+        if len(comparison) > 1:
+            import matplotlib.pyplot as plt
+
+            lines += ["## Every method on the same data", "",
+                      markdown_table(comparison, COMPARISON_COLUMNS), ""]
+            figure = plot_method_comparison(comparison)
+            figure.savefig(folder / "method_comparison.png", dpi=110)
+            plt.close(figure)
+            lines += ["![Every method compared](method_comparison.png)", ""]
     path = folder / "REPORT.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
