@@ -1,4 +1,4 @@
-"""Command line: `python -m utils {check-data,prepare,run,report,measure-training}`.
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -32,22 +32,50 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare(args: argparse.Namespace) -> int:
-    from utils.models import load_tokenizer, model_location
-    from utils.profiles import choose_profile
+def _checked_profile():
+    """The profile to run, checked before any work starts: the GPU, the Hub and the data it needs.
+
+    A profile this machine cannot run stops here with one line (exit code 2), instead of every
+    notebook failing in turn.
+    """
+    from utils.hub import require_hub
+    from utils.models import resolve_device
+    from utils.profiles import choose_profile, with_overrides
 
     profile, reason = choose_profile()
+    profile = with_overrides(profile)
+    resolve_device(profile)  # ProfileError when it needs a CUDA GPU this machine lacks
+    if profile.needs_hub:
+        require_hub(f"Profile {profile.name!r}")
+    if profile.data_label:  # COURSE_DATA: the user's own file or folder
+        _check_course_data(profile.data, profile.seed)
+    return profile, reason
+
+
+def _check_course_data(source: str, seed: int) -> None:
+    """Read COURSE_DATA's splits: DataError (one line, naming file and line) when they cannot be used."""
+    from utils.data import DataError, load_dialogues
+
+    splits = load_dialogues(source, seed=seed)
+    empty = sum(1 for split in splits.values() for row in split if not row["dialogue"].strip() or not row["summary"].strip())
+    if empty:
+        raise DataError(f"{source}: {empty} row(s) without a dialogue or a summary. "
+                        f"Fix: run `python -m utils check-data` on each file to list them.")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from utils.models import load_tokenizer, model_location
+
+    profile, reason = _checked_profile()
     print(f"Profile {profile.name} ({reason}): model ready at {model_location(profile)}")
     load_tokenizer(profile)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from utils.profiles import choose_profile, with_overrides
     from utils.runner import run_course
 
-    profile, reason = choose_profile()
-    profile = with_overrides(profile)
+    profile, reason = _checked_profile()
     print(f"Running the course in profile {profile.run_name} ({reason}).")
     ok = run_course(profile, args.notebooks or None, redo=args.redo)
     path = _write_report(profile)
@@ -73,6 +101,16 @@ def _measure_training(args: argparse.Namespace) -> int:
     profile, _ = choose_profile()
     configure_threads()
     print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size)))
+    return 0
+
+
+def _sync_colab(args: argparse.Namespace) -> int:
+    from utils.colab import sync_colab_cells
+    from utils.runner import notebook_paths
+
+    paths = args.notebooks or notebook_paths()
+    changed = sync_colab_cells(paths)
+    print(f"Colab cell updated in {len(changed)} of {len(paths)} notebook(s)" + "".join(f"\n  {p}" for p in changed))
     return 0
 
 
@@ -107,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--steps", type=int, default=3)
     measure.add_argument("--batch-size", type=int, default=None)
     measure.set_defaults(handler=_measure_training)
+    colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook")
+    colab.add_argument("notebooks", nargs="*", help="notebook files (default: every notebook in notebooks/)")
+    colab.set_defaults(handler=_sync_colab)
     args = parser.parse_args(argv)
 
     from utils.errors import USER_ERRORS

@@ -23,9 +23,17 @@ def configure_threads() -> int:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions that decide results, for reports."""
+    """Versions that decide results, for reports ("not installed" for an optional one that is absent)."""
+    import importlib.metadata
+
     import datasets
     import peft
+
+    def installed(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
 
     return {
         "python": platform.python_version(),
@@ -33,6 +41,9 @@ def library_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "datasets": datasets.__version__,
+        "accelerate": installed("accelerate"),
+        "trl": installed("trl"),
+        "bitsandbytes": installed("bitsandbytes"),
     }
 
 

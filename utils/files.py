@@ -22,6 +22,22 @@ def cache_dir() -> Path:
     return base
 
 
+class DiskSpaceError(RuntimeError):
+    """The disk holding the model cache has too little free space for what is about to be written."""
+
+
+def require_cache_space(needed_bytes: int, what: str) -> None:
+    """Raise DiskSpaceError, naming the folder, the free and the needed space, unless the cache's disk has room."""
+    folder = cache_dir()
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise DiskSpaceError(
+            f"Not enough disk space for {what} in {folder}: {free / 2**20:,.0f} MB free, "
+            f"{needed_bytes / 2**20:,.0f} MB needed. Free some space, or set COURSE_CACHE_DIR "
+            "to a folder on a disk with more room."
+        )
+
+
 def runs_dir(profile_name: str) -> Path:
     """Folder for one profile's results, reports and checkpoints: $COURSE_RUNS_DIR or runs/, per profile."""
     configured = os.environ.get("COURSE_RUNS_DIR")

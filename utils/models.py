@@ -29,7 +29,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from utils.files import DATA_DIR, atomic_directory, cache_dir
+from utils.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
 from utils.hub import require_hub
 from utils.profiles import SMOLLM2_WHEEL, TINY_LLAMA, TINY_T5, Profile, ProfileError
 
@@ -47,6 +47,9 @@ CHATML_TEMPLATE = (
 TINY_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 TINY_VOCAB_SIZE = 1024
 TINY_VERSION = "1"  # bump when the tiny recipes change, so caches are rebuilt
+# Disk space a cached model takes (with a margin): checked before writing it.
+TINY_CACHE_BYTES = 20 * 2**20
+SMOLLM2_CACHE_BYTES = 700 * 2**20  # 135M parameters in float32 (540 MB) and the tokenizer
 
 
 class ModelUnavailableError(RuntimeError):
@@ -223,6 +226,7 @@ def ensure_tiny_model(kind: str) -> Path:
     target = cache_dir() / f"tiny-{name}-v{TINY_VERSION}-{digest}"
     if (target / "config.json").exists():
         return target
+    require_cache_space(TINY_CACHE_BYTES, f"the tiny {name} model")
     tokenizer = build_tiny_tokenizer(texts, causal=kind == TINY_LLAMA)
     model = build_tiny_model(kind, tokenizer)
     with atomic_directory(target) as staging:
@@ -258,6 +262,7 @@ def ensure_smollm2() -> Path:
     if (target / "config.json").exists():
         return target
     gguf = smollm2_gguf_path()
+    require_cache_space(SMOLLM2_CACHE_BYTES, "the converted SmolLM2-135M-Instruct")
     print(f"Converting {gguf.name} to a Hugging Face folder in {target} (once, about 30 s)...")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -99,6 +99,31 @@ def _fingerprint(arguments: TrainingArguments, train_dataset: Dataset, extra: st
     return digest.hexdigest()[:16]
 
 
+def model_identity(model: PreTrainedModel) -> str:
+    """What makes a checkpoint belong to `model`: its class, the model it was loaded from (Hub id or
+    folder) and the name and shape of every parameter (the architecture, the adapter and its rank)."""
+    config = getattr(model, "config", None)
+    source = getattr(config, "name_or_path", "") or ""
+    shapes = [[name, list(parameter.shape), parameter.requires_grad] for name, parameter in model.named_parameters()]
+    return json.dumps([type(model).__name__, source, shapes])
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None.
+
+    The Trainer writes a checkpoint's files one after another into its final folder, and
+    trainer_state.json last. A process killed while saving leaves a folder without it: such
+    folders are deleted, so a rerun resumes from the last complete checkpoint instead of failing.
+    """
+    if not output_dir.exists():
+        return None
+    for folder in output_dir.glob("checkpoint-*"):
+        if folder.is_dir() and not (folder / "trainer_state.json").exists():
+            print(f"Deleting {folder}, a checkpoint interrupted while it was being written.")
+            shutil.rmtree(folder)
+    return get_last_checkpoint(str(output_dir))
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -118,7 +143,7 @@ def train(
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     steps = total_steps(profile, len(train_dataset), epochs)
     arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
-    fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{type(model).__name__}")
+    fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}")
     started = output_dir / STARTED
     if started.exists() and json.loads(started.read_text())["fingerprint"] != fingerprint:
         # Checkpoints of another configuration (or another model) under the same name: never resume them.
@@ -140,7 +165,7 @@ def train(
         data_collator=training_collator(tokenizer),
         processing_class=tokenizer,
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    last = last_complete_checkpoint(output_dir)
     if last:
         print(f"Resuming from {last}")
     with PeakMemory(resolve_device(profile)) as memory:
