@@ -1,65 +1,73 @@
-"""Base vs full fine-tuning vs LoRA on any data, headless: the core comparison of notebooks 02 and 03.
+"""Every method on the same data, headless: the comparisons of notebooks 02 to 05.
 
 On the real DialogSum (kept outside the project), in the offline profile:
 
     COURSE_PROFILE=offline COURSE_DATA=../shared/data/dialogsum COURSE_TEST_EXAMPLES=200 \\
-        .venv/bin/python bench/compare_methods.py
+        .venv/bin/python bench/compare_methods.py [--methods base full lora prompt_tuning qlora]
 
-It trains on the profile's number of training rows of the data's train split, scores the
-first COURSE_TEST_EXAMPLES test dialogues against all their references, records the results in
-runs/<profile>-<data>/results.json and prints a markdown table. Reruns reuse finished trainings.
+It trains each method on the profile's number of training rows of the data's train split,
+scores the first COURSE_TEST_EXAMPLES test dialogues against all their references, records
+the results in runs/<profile>-<data>/results.json and prints a markdown table of every method
+recorded there. Reruns reuse finished trainings (same checkpoint names as the notebooks).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from utils import course
-from utils.adapters import add_lora
+from utils.benchmark import TRAINING_METHODS, model_for_method
 from utils.data import load_profile_data, tokenize_for_training
 from utils.evaluation import evaluate
-from utils.models import count_parameters, load_model_and_tokenizer
-from utils.report import markdown_table
+from utils.models import count_parameters, load_model, load_tokenizer
+from utils.report import COMPARISON_COLUMNS, markdown_table, method_comparison
+from utils.results import load_results
 from utils.training import train
 
 NOTEBOOK = "bench_compare_methods"
 
 
+def checkpoint_name(method: str, rank: int) -> str:
+    """The checkpoint folder the notebooks use for each method, so finished trainings are shared."""
+    return {"full": "full", "lora": f"lora-r{rank}", "prompt_tuning": "prompt-tuning-text", "qlora": f"qlora-r{rank}"}[method]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["base", *TRAINING_METHODS], choices=["base", *TRAINING_METHODS])
+    args = parser.parse_args()
     run = course.start(NOTEBOOK)
     profile = run.profile
     data = load_profile_data(profile)
     test = data["test"]
     print({split: len(rows) for split, rows in data.items()})
-    records = []
-
-    model, tokenizer = load_model_and_tokenizer(profile)
+    tokenizer = load_tokenizer(profile)
     train_set = tokenize_for_training(data["train"], tokenizer, profile)
     validation_set = tokenize_for_training(data["validation"], tokenizer, profile)
-    started = time.perf_counter()
-    _, scores = evaluate(model, tokenizer, profile, test, description="base")
-    records.append(run.record("base", **scores, test_examples=len(test), eval_seconds=time.perf_counter() - started))
 
-    _, total = count_parameters(model)
-    full = train(model, tokenizer, profile, "full", train_set, validation_set, profile.full_learning_rate)
-    _, scores = evaluate(model, tokenizer, profile, test, description="full")
-    records.append(run.record("full", **scores, test_examples=len(test), train_examples=len(train_set),
-                              trainable_params=total, total_params=total, train_seconds=full.train_seconds,
-                              tokens_per_second=full.tokens_per_second, peak_memory_mb=full.peak_memory_mb))
-    del model
+    for method in args.methods:
+        if method == "base":
+            started = time.perf_counter()
+            _, scores = evaluate(load_model(profile), tokenizer, profile, test, description="base")
+            run.record("base", **scores, test_examples=len(test), eval_seconds=time.perf_counter() - started)
+            continue
+        model, learning_rate = model_for_method(profile, method, tokenizer)
+        trainable, total = count_parameters(model)
+        overrides = {}
+        if method == "qlora":
+            from utils.quantization import qlora_training_overrides
 
-    model, _ = load_model_and_tokenizer(profile)
-    model = add_lora(model, rank=profile.lora_rank)
-    trainable, _ = count_parameters(model)
-    lora = train(model, tokenizer, profile, f"lora-r{profile.lora_rank}", train_set, validation_set,
-                 profile.peft_learning_rate)
-    _, scores = evaluate(model, tokenizer, profile, test, description="lora")
-    records.append(run.record("lora", **scores, test_examples=len(test), train_examples=len(train_set),
-                              rank=profile.lora_rank, trainable_params=trainable, total_params=total,
-                              train_seconds=lora.train_seconds, tokens_per_second=lora.tokens_per_second,
-                              peak_memory_mb=lora.peak_memory_mb))
+            overrides = qlora_training_overrides(profile)
+        result = train(model, tokenizer, profile, checkpoint_name(method, profile.lora_rank), train_set,
+                       validation_set, learning_rate, **overrides)
+        _, scores = evaluate(model, tokenizer, profile, test, description=method)
+        run.record(method, **scores, test_examples=len(test), train_examples=len(train_set),
+                   trainable_params=trainable, total_params=total, train_seconds=result.train_seconds,
+                   tokens_per_second=result.tokens_per_second, peak_memory_mb=result.peak_memory_mb)
+        del model
     print()
-    print(markdown_table(records))
+    print(markdown_table(method_comparison(load_results(profile.run_name)), ("test_examples", *COMPARISON_COLUMNS)))
 
 
 if __name__ == "__main__":

@@ -56,4 +56,4 @@ def test_a_4bit_model_is_smaller_and_trains_only_lora(tiny_profile):
 
 
 def test_on_cpu_qlora_uses_plain_adamw_without_checkpointing(tiny_profile):
-    assert qlora_training_overrides(tiny_profile) == {"optim": "adamw_torch", "gradient_checkpointing": False}
+    assert qlora_training_overrides(tiny_profile) == {"optim": "adamw_torch", "activation_checkpointing": False}

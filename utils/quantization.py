@@ -78,8 +78,8 @@ def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16) -> PeftM
 def qlora_training_overrides(profile: Profile) -> dict:
     """Trainer settings for QLoRA: paged 8-bit AdamW and gradient checkpointing on CUDA, plain AdamW on CPU."""
     if resolve_device(profile).type == "cuda":
-        return {"optim": "paged_adamw_8bit", "gradient_checkpointing": True}
-    return {"optim": "adamw_torch", "gradient_checkpointing": False}
+        return {"optim": "paged_adamw_8bit", "activation_checkpointing": True}
+    return {"optim": "adamw_torch", "activation_checkpointing": False}
 
 
 def format_sizes(parameters: int) -> dict[str, float]:
