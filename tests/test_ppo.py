@@ -320,8 +320,10 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tiny_profile, tmp_path
     assert max(record["kl"] for record in result.history) < 20.0
     assert set(result.history[0]) == {
         "step", "reward_mean", "reward_std", "kl", "kl_coef", "clip_fraction", "value_clip_fraction",
-        "entropy", "policy_loss", "value_loss", "response_length", "seconds",
+        "entropy", "policy_loss", "value_loss", "response_length", "responses", "seconds",
     }
+    assert len(result.history[0]["responses"]) == config.batch_size
+    assert all(isinstance(text, str) for text in result.history[0]["responses"])
 
 
 class CountingReward:
@@ -394,3 +396,46 @@ def test_a_folder_of_other_settings_is_discarded(tiny_profile, tmp_path, capsys)
 def test_config_rejects_a_batch_that_mini_batches_do_not_divide():
     with pytest.raises(ValueError, match="multiple of mini_batch_size"):
         PPOConfig(batch_size=10, mini_batch_size=4)
+
+
+class PromptEchoReward:
+    """Remembers the (text, prompt) pairs it scored; every text gets reward 0."""
+
+    name = "prompt-echo"
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, texts, prompts=None):
+        self.seen.append(list(zip(texts, prompts or [None] * len(texts))))
+        return [0.0] * len(texts)
+
+
+def test_reward_prompts_reach_the_reward_function_beside_their_responses(tiny_profile, tmp_path):
+    """The reward sees each response with the reward prompt of the very prompt it answered."""
+    policy, tokenizer = make_policy(tiny_profile)
+    reward = PromptEchoReward()
+    labels = [f"dialogue {i}" for i in range(len(PROMPTS))]
+
+    result = train_ppo(policy, tokenizer, reward, PROMPTS, SMALL, tmp_path / "run", reward_prompts=labels)
+
+    for step, seen in enumerate(reward.seen):
+        expected = [labels[i] for i in prompt_indices(len(PROMPTS), SMALL.batch_size, step, SMALL.seed)]
+        assert [prompt for _, prompt in seen] == expected
+        assert [text for text, _ in seen] == result.history[step]["responses"]
+
+
+def test_without_reward_prompts_the_reward_function_gets_the_texts_alone(tiny_profile, tmp_path):
+    policy, tokenizer = make_policy(tiny_profile)
+    reward = PromptEchoReward()
+
+    train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=1), tmp_path / "run")
+
+    assert all(prompt is None for _, prompt in reward.seen[0])
+
+
+def test_reward_prompts_must_match_the_prompts_one_to_one(tiny_profile, tmp_path):
+    policy, tokenizer = make_policy(tiny_profile)
+
+    with pytest.raises(ValueError, match="one per prompt"):
+        train_ppo(policy, tokenizer, PromptEchoReward(), PROMPTS, SMALL, tmp_path / "run", reward_prompts=["only one"])

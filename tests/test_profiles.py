@@ -191,3 +191,14 @@ def test_a_bad_example_count_raises_profile_error_naming_the_variable():
 
     assert "COURSE_TRAIN_EXAMPLES" in str(raised.value)
     assert "lots" in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_every_profile_has_usable_ppo_and_reward_model_settings(name):
+    profile = get_profile(name)
+
+    assert profile.ppo_batch_size % profile.ppo_mini_batch_size == 0  # PPOConfig refuses anything else
+    assert profile.ppo_steps > 0 and profile.ppo_hacking_steps > 0 and profile.ppo_epochs >= 1
+    assert profile.ppo_eval_seeds >= 3  # before/after toxicity is compared over at least three seeds
+    assert profile.ppo_temperature > 0 and profile.ppo_max_new_tokens > 0
+    assert profile.reward_epochs > 0 and (profile.reward_max_steps == -1 or profile.reward_max_steps > 0)

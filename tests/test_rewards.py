@@ -133,3 +133,30 @@ def test_make_scorer_uses_the_hub_classifier_for_online_profiles(monkeypatch):
     make_scorer(replace(get_profile("colab"), device="cpu"))  # this machine has no GPU
 
     assert chosen == [(DEFAULT_CLASSIFIER, "nothate")]
+
+
+def test_a_one_output_reward_model_reads_each_text_with_its_dialogue(tmp_path):
+    """With prompts, the scorer gives exactly the scores of utils.reward_model.score_texts (as in training)."""
+    from utils.reward_model import score_texts
+
+    model, tokenizer = save_tiny_classifier(tmp_path / "reward_model", {0: "reward"})
+    scorer = ClassifierScorer(tmp_path / "reward_model", batch_size=3)
+    dialogues = ["The train leaves at ten.", POLITE, INSULT, "The train leaves at ten."]
+
+    with_dialogues = scorer.reward(TEXTS, prompts=dialogues)
+
+    assert with_dialogues == pytest.approx(score_texts(model, tokenizer, TEXTS, prompts=dialogues), abs=1e-5)
+    assert with_dialogues != pytest.approx(scorer.reward(TEXTS), abs=1e-5)
+    assert scorer.toxicity(TEXTS, prompts=dialogues) == pytest.approx(
+        torch.sigmoid(-torch.tensor(with_dialogues)).tolist(), abs=1e-5)
+
+
+def test_scorers_that_read_texts_alone_ignore_prompts(tmp_path):
+    profanity = ProfanityScorer()
+    save_tiny_classifier(tmp_path / "classifier", {0: "nothate", 1: "hate"})
+    classifier = ClassifierScorer(tmp_path / "classifier")
+    prompts = ["some dialogue"] * len(TEXTS)
+
+    assert profanity.reward(TEXTS, prompts=prompts) == profanity.reward(TEXTS)
+    assert classifier.reward(TEXTS, prompts=prompts) == pytest.approx(classifier.reward(TEXTS))
+    assert TokenShareReward("e").reward(TEXTS, prompts=prompts) == TokenShareReward("e").reward(TEXTS)

@@ -19,6 +19,10 @@ Use::
     policy = PolicyWithValueHead(add_lora(model, rank=16))
     result = train_ppo(policy, tokenizer, scorer.reward, prompts, PPOConfig(steps=50), output_dir)
     result.series("reward_mean")    # [(1, ...), (2, ...), ...]
+    result.history[0]["responses"]  # the texts step 1 sampled and scored
+
+A reward function that reads the prompt too (a reward model of (dialogue, summary) pairs) gets
+it through `reward_prompts`: one text per prompt, passed as `reward_fn(texts, prompts=...)`.
 """
 
 from __future__ import annotations
@@ -475,6 +479,7 @@ def run_fingerprint(
     reward_fn: Callable,
     prompts: list[str],
     config: PPOConfig,
+    reward_prompts: list[str] | None = None,
 ) -> str:
     """What makes two runs the same run: the settings (all but steps and checkpoint_every), the model's
     name, the adapter's shape, the reward function's name and the prompts (not the weights themselves)."""
@@ -492,6 +497,8 @@ def run_fingerprint(
                    str(getattr(reward_owner, "name", ""))],
         "prompts": hashlib.sha256("\x00".join(prompts).encode("utf-8")).hexdigest(),
     }
+    if reward_prompts is not None:
+        identity["reward_prompts"] = hashlib.sha256("\x00".join(reward_prompts).encode("utf-8")).hexdigest()
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -613,17 +620,27 @@ def ppo_step(
     tokenizer: PreTrainedTokenizerBase,
     optimizer: torch.optim.Optimizer,
     kl_controller: AdaptiveKLController | FixedKLController,
-    reward_fn: Callable[[list[str]], list[float]],
+    reward_fn: Callable[..., list[float]],
     prompts: list[str],
     config: PPOConfig,
-) -> dict[str, float]:
+    reward_prompts: list[str] | None = None,
+) -> dict:
     """One PPO step on a batch of prompts: sample, score, penalise the KL, estimate advantages, update.
 
-    Returns the step's log record (without "step" and "seconds").
+    `reward_prompts`: what the reward function reads as each response's prompt (e.g. the bare
+    dialogue), passed as `reward_fn(texts, prompts=reward_prompts)`; None calls `reward_fn(texts)`.
+    Returns the step's log record (without "step" and "seconds"): numbers, and the sampled
+    response texts under "responses".
     """
     rollout = sample_responses(policy, tokenizer, prompts, config)
     texts = decode_responses(tokenizer, rollout)
-    scores = torch.tensor(reward_fn(texts), dtype=torch.float32, device=policy.device)
+    if reward_prompts is None:
+        raw_scores = reward_fn(texts)
+    else:
+        if len(reward_prompts) != len(prompts):
+            raise ValueError(f"{len(reward_prompts)} reward prompts for {len(prompts)} prompts: give one per prompt.")
+        raw_scores = reward_fn(texts, prompts=list(reward_prompts))
+    scores = torch.tensor(raw_scores, dtype=torch.float32, device=policy.device)
     if scores.shape != (len(texts),):
         raise ValueError(f"reward_fn must return one number per text: {tuple(scores.shape)} for {len(texts)} texts.")
     mask = rollout.response_mask
@@ -643,6 +660,7 @@ def ppo_step(
         "kl_coef": kl_controller.value,  # the coefficient this step used
         **losses,
         "response_length": mask.sum(dim=1).float().mean().item(),
+        "responses": texts,
     }
     kl_controller.update(kl, n_steps=len(texts))
     return record
@@ -651,20 +669,24 @@ def ppo_step(
 def train_ppo(
     policy: PolicyWithValueHead,
     tokenizer: PreTrainedTokenizerBase,
-    reward_fn: Callable[[list[str]], list[float]],
+    reward_fn: Callable[..., list[float]],
     prompts: list[str],
     config: PPOConfig,
     output_dir: str | os.PathLike,
     callback: Callable[[dict], None] | None = None,
+    reward_prompts: list[str] | None = None,
 ) -> PPOResult:
     """Train `policy` with PPO to raise `reward_fn(response_texts)`, checkpointing into `output_dir`.
 
     Rerunning with the same settings resumes from the last checkpoint (or, when every step is
     done, loads the result without training); a folder from other settings is discarded.
-    `callback(record)` is called with each step's log record.
+    `callback(record)` is called with each step's log record. `reward_prompts` (one per prompt)
+    are passed to the reward function as `prompts=`: see `ppo_step`.
     """
     output_dir = Path(output_dir)
-    fingerprint = run_fingerprint(policy, tokenizer, reward_fn, prompts, config)
+    if reward_prompts is not None and len(reward_prompts) != len(prompts):
+        raise ValueError(f"{len(reward_prompts)} reward prompts for {len(prompts)} prompts: give one per prompt.")
+    fingerprint = run_fingerprint(policy, tokenizer, reward_fn, prompts, config, reward_prompts)
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -699,8 +721,11 @@ def train_ppo(
                     disable=os.environ.get("TQDM_DISABLE") == "1")
     for step in progress:
         started = time.perf_counter()
-        batch = [prompts[i] for i in prompt_indices(len(prompts), config.batch_size, step, config.seed)]
-        record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config)}
+        indices = prompt_indices(len(prompts), config.batch_size, step, config.seed)
+        batch = [prompts[i] for i in indices]
+        batch_reward_prompts = None if reward_prompts is None else [reward_prompts[i] for i in indices]
+        record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config,
+                                               batch_reward_prompts)}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2f}")

@@ -66,6 +66,22 @@ class Profile:
     # Prompt tuning: soft-prompt length and its (much larger) learning rate.
     virtual_tokens: int = 20
     soft_prompt_learning_rate: float = 3e-2
+    # PPO (notebook 06): steps, prompts per step and per gradient update, passes over each batch,
+    # learning rate of the fresh LoRA adapter, how responses are sampled (also when evaluating),
+    # sampling seeds per held-out dialogue before and after, and the steps of the run without KL penalty.
+    ppo_steps: int = 20
+    ppo_batch_size: int = 16
+    ppo_mini_batch_size: int = 4
+    ppo_epochs: int = 1
+    ppo_learning_rate: float = 5e-5
+    ppo_max_new_tokens: int = 48
+    ppo_temperature: float = 1.0
+    ppo_eval_seeds: int = 3
+    ppo_hacking_steps: int = 8
+    ppo_hacking_learning_rate: float = 5e-4
+    # Reward model (notebook 07): passes over the training pairs, or a fixed number of steps (-1: use epochs).
+    reward_epochs: float = 3.0
+    reward_max_steps: int = -1
     seed: int = 42
     cost: str = ""
     data_label: str = ""  # set when COURSE_DATA replaces the profile's data
@@ -109,6 +125,15 @@ _TINY_COMMON = dict(
     sweep_train_examples=8,
     sweep_test_examples=4,
     virtual_tokens=8,
+    ppo_steps=2,
+    ppo_batch_size=4,
+    ppo_mini_batch_size=2,
+    ppo_learning_rate=1e-3,
+    ppo_max_new_tokens=8,
+    ppo_eval_seeds=3,
+    ppo_hacking_steps=2,
+    ppo_hacking_learning_rate=1e-2,
+    reward_max_steps=12,
     cost="seconds per notebook on any CPU; outputs are random text (random weights)",
 )
 
@@ -150,6 +175,19 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=60,
         dtype="float32",
         device="cpu",
+        # PPO: 20 steps of 8 prompts on a LoRA adapter. Sampling at temperature 0.5: at 1.0 this small
+        # summarizer wanders off the dialogue and almost never repeats its insults (nothing to detoxify);
+        # at 0.5 it stays close to its greedy summaries, which often copy the abusive lines.
+        ppo_steps=20,
+        ppo_batch_size=8,
+        ppo_mini_batch_size=4,
+        ppo_epochs=2,
+        ppo_learning_rate=3e-4,
+        ppo_max_new_tokens=32,
+        ppo_temperature=0.5,
+        ppo_eval_seeds=3,
+        ppo_hacking_steps=6,
+        ppo_hacking_learning_rate=3e-3,
         cost="no network, a 2-core CPU and about 8 GB of RAM; minutes per notebook",
     ),
     "colab": Profile(

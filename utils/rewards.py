@@ -3,6 +3,8 @@
 Every toxicity scorer offers the same two methods:
 - `toxicity(texts)`: the probability that each text is toxic, from 0 to 1;
 - `reward(texts)`: what PPO maximises, higher for less toxic text.
+Both also take `prompts=`, the dialogue each text summarizes: a reward model trained on
+(dialogue, summary) pairs (notebook 07) reads them; the other scorers ignore them.
 
 `make_scorer(profile)` picks one: the hate-speech classifier of the original lab when the
 profile has the Hugging Face Hub, a small offline profanity model otherwise, or a reward
@@ -32,11 +34,11 @@ class ToxicityScorer(Protocol):
 
     name: str  # says which model scores, e.g. "classifier:facebook/roberta-hate-speech-dynabench-r4-target"
 
-    def toxicity(self, texts: list[str]) -> list[float]:
+    def toxicity(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
         """Probability that each text is toxic (0..1)."""
         ...
 
-    def reward(self, texts: list[str]) -> list[float]:
+    def reward(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
         """Reward for each text: higher means less toxic."""
         ...
 
@@ -60,6 +62,8 @@ class ClassifierScorer:
     toxicity = 1 - softmax probability of the non-toxic label.
     A model with a single output (a reward model such as notebook 07 trains) needs no label:
     reward = its output, toxicity = sigmoid(-output), reading the output as log-odds of a good text.
+    Such a model reads each text with its dialogue when `prompts` are given, encoded exactly as
+    in its training (utils.reward_model.score_texts); a classifier with labels reads the text alone.
     """
 
     def __init__(
@@ -84,9 +88,19 @@ class ClassifierScorer:
         single_output = self.model.config.num_labels == 1
         self.non_toxic_index = 0 if single_output else label_index(self.model.config, non_toxic_label)
 
+    @property
+    def reads_prompts(self) -> bool:
+        """True for a one-output reward model, which scores (dialogue, summary) pairs."""
+        return self.model.config.num_labels == 1
+
     @torch.no_grad()
-    def logits(self, texts: list[str]) -> torch.Tensor:
+    def logits(self, texts: list[str], prompts: list[str] | None = None) -> torch.Tensor:
         """The classifier's logits, (len(texts), number of labels), in float32 on the CPU."""
+        if self.reads_prompts:
+            from utils.reward_model import score_texts
+
+            scores = score_texts(self.model, self.tokenizer, list(texts), prompts, batch_size=self.batch_size)
+            return torch.tensor(scores, dtype=torch.float32).reshape(len(texts), 1)
         parts = []
         for start in range(0, len(texts), self.batch_size):
             encoded = self.tokenizer(
@@ -96,11 +110,11 @@ class ClassifierScorer:
             parts.append(self.model(**encoded).logits.float().cpu())
         return torch.cat(parts) if parts else torch.zeros(0, self.model.config.num_labels)
 
-    def reward(self, texts: list[str]) -> list[float]:
-        return self.logits(texts)[:, self.non_toxic_index].tolist()
+    def reward(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
+        return self.logits(texts, prompts)[:, self.non_toxic_index].tolist()
 
-    def toxicity(self, texts: list[str]) -> list[float]:
-        logits = self.logits(texts)
+    def toxicity(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
+        logits = self.logits(texts, prompts)
         if logits.shape[1] == 1:
             return torch.sigmoid(-logits[:, 0]).tolist()
         probabilities = torch.softmax(logits, dim=-1)
@@ -126,12 +140,13 @@ class ProfanityScorer:
             raise ImportError(f"ProfanityScorer needs the alt-profanity-check package: {PROFANITY_INSTALL}") from None
         self._predict_prob = predict_prob
 
-    def toxicity(self, texts: list[str]) -> list[float]:
+    def toxicity(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
+        """`prompts` are ignored: the word-count model reads the text alone."""
         if not texts:
             return []
         return [float(p) for p in self._predict_prob(list(texts))]
 
-    def reward(self, texts: list[str]) -> list[float]:
+    def reward(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
         rewards = []
         for p in self.toxicity(texts):
             p = min(max(p, self.EPSILON), 1.0 - self.EPSILON)
@@ -157,7 +172,7 @@ class TokenShareReward:
         self.token = token
         self.name = f"token-share:{token!r}"
 
-    def reward(self, texts: list[str]) -> list[float]:
+    def reward(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
         return [text.count(self.token) * len(self.token) / len(text) if text else 0.0 for text in texts]
 
 

@@ -1,0 +1,67 @@
+"""Notebook 06's helpers: the PPO settings of a profile, seeded samples and their scores."""
+
+import numpy as np
+import pytest
+import torch
+
+from utils.detox import evaluation_seeds, ppo_config, sample_summaries, score_table, step_toxicity
+from utils.models import load_model_and_tokenizer
+from utils.profiles import get_profile
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_ppo_config_takes_the_profile_settings_and_overrides():
+    profile = get_profile("offline")
+
+    config = ppo_config(profile, init_kl_coef=0.0, adaptive_kl=False)
+
+    assert (config.steps, config.batch_size, config.mini_batch_size, config.ppo_epochs) == (
+        profile.ppo_steps, profile.ppo_batch_size, profile.ppo_mini_batch_size, profile.ppo_epochs)
+    assert config.learning_rate == profile.ppo_learning_rate
+    assert (config.max_new_tokens, config.temperature) == (profile.ppo_max_new_tokens, profile.ppo_temperature)
+    assert (config.top_k, config.top_p, config.do_sample) == (0, 1.0, True)  # the policy's own distribution
+    assert config.init_kl_coef == 0.0 and not config.adaptive_kl
+    assert ppo_config(profile).init_kl_coef > 0 and ppo_config(profile).adaptive_kl
+
+
+def test_evaluation_seeds_are_as_many_as_the_profile_asks_and_distinct():
+    profile = get_profile("tiny")
+
+    seeds = evaluation_seeds(profile)
+
+    assert len(seeds) == len(set(seeds)) == profile.ppo_eval_seeds >= 3
+
+
+def test_samples_have_one_row_per_prompt_one_column_per_seed_and_repeat_with_the_seed(tiny_profile):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    config = ppo_config(tiny_profile)
+    prompts = ["Summarize: the bus was late.", "Summarize: a refund was issued.", "Summarize: the ferry left."]
+
+    first = sample_summaries(model, tokenizer, prompts, config, [1, 2], batch_size=2)
+    again = sample_summaries(model, tokenizer, prompts, config, [1, 2], batch_size=2)
+
+    assert len(first) == 3 and all(len(row) == 2 for row in first)
+    assert first == again
+    assert [row[0] for row in first] != [row[1] for row in first]  # another seed, other samples
+
+
+def test_score_table_keeps_the_shape_of_the_samples():
+    samples = [["a", "bb"], ["ccc", ""], ["dddd", "e"]]
+
+    table = score_table(lambda texts: [len(t) for t in texts], samples)
+
+    assert table.shape == (3, 2)
+    np.testing.assert_array_equal(table, [[1, 2], [3, 0], [4, 1]])
+
+
+def test_step_toxicity_averages_each_step_responses():
+    history = [{"step": 1, "responses": ["a", "bbb"]}, {"step": 2, "responses": ["cc"]}]
+
+    assert step_toxicity(lambda texts: [len(t) for t in texts], history) == [(1, 2.0), (2, 2.0)]
