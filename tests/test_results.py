@@ -131,3 +131,24 @@ def test_write_report_compares_every_method_when_several_ran(isolated_runs):
     assert "## Every method on the same data" in text
     assert "| 05_qlora | qlora | 0.4000 |" in text
     assert (isolated_runs / "tiny" / "method_comparison.png").stat().st_size > 0
+
+
+def test_write_report_shows_alignment_and_reward_model_results_in_their_own_tables(isolated_runs):
+    from utils.results import record_result
+    from utils.report import write_report
+
+    record_result("tiny", "03_lora", "lora", "m", rouge1=0.4, rouge2=0.1, rougeL=0.3, rougeLsum=0.3)
+    record_result("tiny", "06_rlhf_ppo", "ppo", "m", toxicity_before_mean=0.4, toxicity_after_mean=0.25,
+                  toxicity_difference=-0.15, ci_low=-0.2, ci_high=-0.1, ci_excludes_zero=True,
+                  rouge1_before=0.41, rouge1_after=0.39)
+    record_result("tiny", "07_reward_modelling", "reward_model", "m", test_accuracy=0.9, untrained_accuracy=0.5)
+
+    text = write_report("tiny").read_text()
+    results = text.split("## Results")[1].split("##")[0]
+
+    assert "| 03_lora | lora | 0.4000 |" in results
+    assert "ppo" not in results and "reward_model" not in results  # no empty ROUGE rows
+    assert "## Alignment with PPO (notebook 06)" in text
+    assert "| 06_rlhf_ppo | ppo | 0.4000 | 0.2500 | -0.1500 | -0.2000 | -0.1000 | yes | 0.4100 | 0.3900 |" in text
+    assert "## Reward model (notebook 07)" in text
+    assert "| 07_reward_modelling | reward_model | 0.9000 | 0.5000 |" in text

@@ -27,6 +27,8 @@ TABLE_COLUMNS = (
 def _format(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
@@ -113,6 +115,14 @@ def plot_method_comparison(rows: list[dict]):
     return figure
 
 
+# Notebooks 06-07: what alignment changed and what it cost, and how well the reward model ranks.
+ALIGNMENT_COLUMNS = ("toxicity_before_mean", "toxicity_after_mean", "toxicity_difference", "ci_low", "ci_high",
+                     "ci_excludes_zero", "rouge1_before", "rouge1_after", "ppo_steps", "seconds",
+                     "reward_last", "kl_last", "toxicity_last", "rouge1_probe")
+REWARD_MODEL_COLUMNS = ("test_accuracy", "untrained_accuracy", "longer_is_better_accuracy", "detox_neutral_preferred",
+                        "train_pairs", "test_pairs", "backbone", "train_seconds", "saved_bytes")
+
+
 def write_report(profile_name: str, environment: dict | None = None) -> Path:
     """Write runs/<profile>/REPORT.md (and its plots) from results.json; return its path."""
     folder = runs_dir(profile_name)
@@ -131,7 +141,9 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
     if not records:
         lines.append("No results recorded yet.")
     else:
-        lines += ["## Results", "", markdown_table(records), ""]
+        summarization = [r for r in records if any(c in r for c in TABLE_COLUMNS)]
+        if summarization:
+            lines += ["## Results", "", markdown_table(summarization), ""]
         plot = plot_rouge_by_method(records, folder / "rouge_by_method.png")
         if plot:
             lines += ["![ROUGE by method](rouge_by_method.png)", ""]
@@ -145,6 +157,16 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
             figure.savefig(folder / "method_comparison.png", dpi=110)
             plt.close(figure)
             lines += ["![Every method compared](method_comparison.png)", ""]
+        ppo = [r for r in records if r["method"] == "ppo"]
+        if ppo:
+            lines += ["## Alignment with PPO (notebook 06)", "",
+                      "Toxicity of sampled summaries of held-out dialogues before and after PPO, the 95% interval "
+                      "of the paired difference, and ROUGE-1 of greedy summaries before and after; the variant "
+                      "without KL penalty shows reward hacking.", "", markdown_table(ppo, ALIGNMENT_COLUMNS), ""]
+        reward_models = [r for r in records if r["method"] == "reward_model"]
+        if reward_models:
+            lines += ["## Reward model (notebook 07)", "", "Share of held-out preference pairs ranked right.", "",
+                      markdown_table(reward_models, REWARD_MODEL_COLUMNS), ""]
     path = folder / "REPORT.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
