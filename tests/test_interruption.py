@@ -92,19 +92,20 @@ def train_here(method, profile_name="tiny"):
 # --- training of every method: kill it, run it again --------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "prompt_tuning", "qlora"])
+@pytest.mark.parametrize("method, profile", [("full", "tiny"), ("lora", "tiny"), ("prompt_tuning", "tiny"),
+                                             ("qlora", "tiny"), ("lora", "tiny-causal")])
 def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(
-        method, tmp_path):
+        method, profile, tmp_path):
     runs = tmp_path / "killed"
-    folder = runs / "tiny" / "checkpoints" / method
-    process = start_training(method, runs, slow=SLOW_STEP_SECONDS)
-    expected = train_here(method)  # never interrupted, trained while the other process starts
+    folder = runs / profile / "checkpoints" / method
+    process = start_training(method, runs, slow=SLOW_STEP_SECONDS, profile=profile)
+    expected = train_here(method, profile)  # never interrupted, trained while the other process starts
 
     kill_when(process, lambda: complete_checkpoints(folder))
     left = complete_checkpoints(folder)
     assert left and max(left) < train_method.STEPS and not (folder / FINISHED).exists()
 
-    output, resumed = finish(start_training(method, runs))
+    output, resumed = finish(start_training(method, runs, profile=profile))
 
     assert f"Resuming from {folder / f'checkpoint-{max(left)}'}" in output
     assert resumed["reused"] is False
@@ -114,17 +115,18 @@ def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninter
     assert (folder / FINISHED).exists()
 
 
-def test_killed_ppo_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("profile", ["tiny", "tiny-causal"])  # an encoder-decoder and a decoder-only policy
+def test_killed_ppo_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(profile, tmp_path):
     runs = tmp_path / "killed"
-    folder = runs / "tiny" / "ppo"
-    process = start_training("ppo", runs, slow=SLOW_STEP_SECONDS)
-    expected = train_here("ppo")
+    folder = runs / profile / "ppo"
+    process = start_training("ppo", runs, slow=SLOW_STEP_SECONDS, profile=profile)
+    expected = train_here("ppo", profile)
 
     kill_when(process, lambda: ppo_checkpoint_step(folder) > 0)
     step = ppo_checkpoint_step(folder)
     assert 0 < step < train_method.STEPS
 
-    output, resumed = finish(start_training("ppo", runs))
+    output, resumed = finish(start_training("ppo", runs, profile=profile))
 
     assert f"Resuming from step {step}" in output
     assert resumed["resumed_from"] == step and resumed["reused"] is False

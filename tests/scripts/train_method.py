@@ -1,4 +1,4 @@
-"""Train one method in the tiny profile the way the notebooks do, as its own process; print the outcome as JSON.
+"""Train one method in a tiny profile the way the notebooks do, as its own process; print the outcome as JSON.
 
     python tests/scripts/train_method.py METHOD [--evaluate]
 
