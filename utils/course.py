@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,8 @@ def start(notebook: str) -> Course:
     if profile.needs_hub:
         require_hub(f"Profile {profile.name!r}")  # fail in seconds, not at the first download
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT still reads a transformers attribute renamed in 5.x; the warning says nothing a learner can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     threads = configure_threads()
     transformers.set_seed(profile.seed)
     device = resolve_device(profile)
