@@ -3,12 +3,14 @@
 On the real DialogSum (kept outside the project), in the offline profile:
 
     COURSE_PROFILE=offline COURSE_DATA=../shared/data/dialogsum COURSE_TEST_EXAMPLES=200 \\
-        .venv/bin/python bench/compare_methods.py [--methods base full lora prompt_tuning qlora]
+        .venv/bin/python bench/compare_methods.py [--methods base base_nf4 full lora prompt_tuning qlora]
 
 It trains each method on the profile's number of training rows of the data's train split,
 scores the first COURSE_TEST_EXAMPLES test dialogues against all their references, records
 the results in runs/<profile>-<data>/results.json and prints a markdown table of every method
 recorded there. Reruns reuse finished trainings (same checkpoint names as the notebooks).
+`base_nf4` scores the untrained base model loaded in 4-bit NF4: what quantization alone costs
+before QLoRA trains anything (recorded as `base`, variant "nf4, untrained").
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def checkpoint_name(method: str, rank: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["base", *TRAINING_METHODS], choices=["base", *TRAINING_METHODS])
+    parser.add_argument("--methods", nargs="+", default=["base", *TRAINING_METHODS],
+                        choices=["base", "base_nf4", *TRAINING_METHODS])
     args = parser.parse_args()
     run = course.start(NOTEBOOK)
     profile = run.profile
@@ -51,6 +54,15 @@ def main() -> None:
             started = time.perf_counter()
             _, scores = evaluate(load_model(profile), tokenizer, profile, test, description="base")
             run.record("base", **scores, test_examples=len(test), eval_seconds=time.perf_counter() - started)
+            continue
+        if method == "base_nf4":
+            from utils.quantization import load_4bit_model
+
+            started = time.perf_counter()
+            _, scores = evaluate(load_4bit_model(profile), tokenizer, profile, test, description="base in NF4")
+            run.record("base", variant="nf4, untrained", **scores, test_examples=len(test),
+                       eval_seconds=time.perf_counter() - started)
+            print(f"base in NF4, untrained: ROUGE-1 {scores['rouge1']:.4f}, ROUGE-L {scores['rougeL']:.4f}")
             continue
         model, learning_rate = model_for_method(profile, method, tokenizer)
         trainable, total = count_parameters(model)
