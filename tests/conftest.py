@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -31,3 +32,12 @@ def tiny_model_and_tokenizer(tiny_profile):
     from utils.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(tiny_profile)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train as fast on one thread, far faster when other work shares the CPU, and always alike."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

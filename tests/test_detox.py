@@ -9,12 +9,7 @@ from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ppo_config_takes_the_profile_settings_and_overrides():

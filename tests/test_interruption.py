@@ -35,13 +35,7 @@ import train_method  # the script the kill tests run, imported here for the refe
 SLOW_STEP_SECONDS = 1.0  # in the process that gets killed: time to kill it before its second checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train as fast on one thread, far faster when other work shares the CPU, and always alike."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start_training(method, runs, slow=0.0, profile="tiny"):
