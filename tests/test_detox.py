@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from utils.detox import evaluation_seeds, ppo_config, sample_summaries, score_table, step_toxicity
 from utils.models import load_model_and_tokenizer
