@@ -11,6 +11,11 @@ the results in runs/<profile>-<data>/results.json and prints a markdown table of
 recorded there. Reruns reuse finished trainings (same checkpoint names as the notebooks).
 `base_nf4` scores the untrained base model loaded in 4-bit NF4: what quantization alone costs
 before QLoRA trains anything (recorded as `base`, variant "nf4, untrained").
+
+`--lora-targets attention|all-linear` puts the adapters of `lora` and `qlora` on the query and
+value projections or on every linear layer instead of where the notebooks put them (LoRA:
+attention, QLoRA: all-linear). Such runs get their own checkpoints and are recorded as variants,
+next to the notebooks' recipe rather than in its place.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import argparse
 import time
 
 from utils import course
-from utils.benchmark import TRAINING_METHODS, model_for_method
+from utils.adapters import LORA_TARGETS
+from utils.benchmark import DEFAULT_LORA_TARGETS, TRAINING_METHODS, model_for_method
 from utils.data import load_profile_data, tokenize_for_training
 from utils.evaluation import evaluate
 from utils.models import count_parameters, load_model, load_tokenizer
@@ -35,10 +41,19 @@ def checkpoint_name(method: str, rank: int) -> str:
     return {"full": "full", "lora": f"lora-r{rank}", "prompt_tuning": "prompt-tuning-text", "qlora": f"qlora-r{rank}"}[method]
 
 
+def targets_variant(method: str, lora_targets: str | None) -> str:
+    """The variant name of a LoRA or QLoRA run whose adapters sit elsewhere than in the notebooks; "" otherwise."""
+    if method not in DEFAULT_LORA_TARGETS or lora_targets in (None, DEFAULT_LORA_TARGETS[method]):
+        return ""
+    return {"attention": "LoRA on q, v", "all-linear": "LoRA on every linear layer"}[lora_targets]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["base", *TRAINING_METHODS],
                         choices=["base", "base_nf4", *TRAINING_METHODS])
+    parser.add_argument("--lora-targets", choices=LORA_TARGETS,
+                        help="where lora and qlora put their adapters (default: as in the notebooks)")
     args = parser.parse_args()
     run = course.start(NOTEBOOK)
     profile = run.profile
@@ -64,17 +79,18 @@ def main() -> None:
                        eval_seconds=time.perf_counter() - started)
             print(f"base in NF4, untrained: ROUGE-1 {scores['rouge1']:.4f}, ROUGE-L {scores['rougeL']:.4f}")
             continue
-        model, learning_rate = model_for_method(profile, method, tokenizer)
+        model, learning_rate = model_for_method(profile, method, tokenizer, args.lora_targets)
         trainable, total = count_parameters(model)
         overrides = {}
         if method == "qlora":
             from utils.quantization import qlora_training_overrides
 
             overrides = qlora_training_overrides(profile)
-        result = train(model, tokenizer, profile, checkpoint_name(method, profile.lora_rank), train_set,
-                       validation_set, learning_rate, **overrides)
-        _, scores = evaluate(model, tokenizer, profile, test, description=method)
-        run.record(method, **scores, test_examples=len(test), train_examples=len(train_set),
+        variant = targets_variant(method, args.lora_targets)
+        name = checkpoint_name(method, profile.lora_rank) + (f"-{args.lora_targets}" if variant else "")
+        result = train(model, tokenizer, profile, name, train_set, validation_set, learning_rate, **overrides)
+        _, scores = evaluate(model, tokenizer, profile, test, description=f"{method} {variant}".strip())
+        run.record(method, variant=variant, **scores, test_examples=len(test), train_examples=len(train_set),
                    trainable_params=trainable, total_params=total, train_seconds=result.train_seconds,
                    tokens_per_second=result.tokens_per_second, peak_memory_mb=result.peak_memory_mb)
         del model

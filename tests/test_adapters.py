@@ -19,6 +19,25 @@ def test_lora_trains_only_the_low_rank_matrices_on_query_and_value(tiny_model_an
     assert count_parameters(wrapped)[0] < total / 10
 
 
+def test_lora_on_all_linear_layers_adapts_every_linear_layer_but_the_output_head(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    linear_layers = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    head = {name for name in linear_layers if name.endswith("lm_head")}
+
+    wrapped = add_lora(model, rank=2, targets="all-linear")
+
+    adapted = {name.removeprefix("base_model.model.") for name, module in wrapped.named_modules() if hasattr(module, "lora_A")}
+    assert head and adapted == linear_layers - head
+    assert len(adapted) > 2 * len(attention_targets(model))  # more than query and value
+
+
+def test_lora_targets_other_than_attention_or_all_linear_are_refused(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+
+    with pytest.raises(ValueError, match="all-linear"):
+        add_lora(model, targets="mlp")
+
+
 def test_a_soft_prompt_trains_virtual_tokens_times_the_embedding_width(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     width = model.get_input_embeddings().weight.shape[1]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from utils.benchmark import TRAINING_METHODS, compare_training_methods, measure_training_steps
+from utils.benchmark import TRAINING_METHODS, compare_training_methods, measure_training_steps, model_for_method
+from utils.models import load_tokenizer
 
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
@@ -16,6 +17,17 @@ def test_each_method_trains_a_few_steps_and_reports_its_costs(method, tiny_profi
         assert row["trainable_params"] == row["total_params"]
     else:
         assert row["trainable_params"] < row["total_params"] / 10
+
+
+def test_lora_and_qlora_put_adapters_where_the_notebooks_do_unless_told_otherwise(tiny_profile):
+    tokenizer = load_tokenizer(tiny_profile)
+
+    def adapted_layers(method, lora_targets=None):
+        model, _ = model_for_method(tiny_profile, method, tokenizer, lora_targets)
+        return sum(hasattr(module, "lora_A") for module in model.modules())
+
+    assert adapted_layers("lora") == adapted_layers("qlora", "attention")
+    assert adapted_layers("lora") < adapted_layers("qlora") == adapted_layers("lora", "all-linear")
 
 
 def test_an_unknown_method_is_refused(tiny_profile):

@@ -1,5 +1,6 @@
 """QLoRA pieces: NF4 loading with bitsandbytes on this machine's device, and number formats."""
 
+import bitsandbytes
 import torch
 
 from utils.quantization import (
@@ -53,6 +54,18 @@ def test_a_4bit_model_is_smaller_and_trains_only_lora(tiny_profile):
     trainable, total = count_parameters(model)
     assert 0 < trainable < total
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+
+
+def test_a_4bit_model_counts_as_many_weights_as_the_full_precision_one(tiny_profile):
+    assert count_parameters(load_4bit_model(tiny_profile))[1] == count_parameters(load_model(tiny_profile))[1]
+
+
+def test_qlora_adapts_every_quantized_layer_as_in_the_qlora_paper(tiny_profile):
+    model = add_qlora(load_4bit_model(tiny_profile), tiny_profile, rank=2)
+
+    quantized = {name for name, module in model.named_modules() if isinstance(module, bitsandbytes.nn.Linear4bit)}
+    adapted = {name for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert quantized and quantized <= {f"{name}.base_layer" for name in adapted}  # T5 keeps `wo` unquantized
 
 
 def test_on_cpu_qlora_uses_plain_adamw_without_checkpointing(tiny_profile):

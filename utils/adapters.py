@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning with PEFT: LoRA adapters on the attention projections, and soft prompts."""
+"""Parameter-efficient fine-tuning with PEFT: LoRA adapters (on the attention projections or on every
+linear layer), and soft prompts."""
 
 from __future__ import annotations
 
@@ -21,24 +22,37 @@ def attention_targets(model: PreTrainedModel) -> list[str]:
     return ATTENTION_QUERY_VALUE[model_type]
 
 
+# Where LoRA goes: the query and value projections (the LoRA paper's choice, notebook 03), or every
+# linear layer but the output head (the QLoRA paper's, needed there to match 16-bit fine-tuning).
+LORA_TARGETS = ("attention", "all-linear")
+
+
 def task_type(model: PreTrainedModel) -> TaskType:
     return TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
 
 
-def lora_config(model: PreTrainedModel, rank: int = 16, alpha: int | None = None, dropout: float = 0.05) -> LoraConfig:
-    """LoRA of rank `rank` on the query and value projections (alpha defaults to 2 x rank)."""
+def lora_config(
+    model: PreTrainedModel, rank: int = 16, alpha: int | None = None, dropout: float = 0.05,
+    targets: str = "attention",
+) -> LoraConfig:
+    """LoRA of rank `rank` on `targets` (see LORA_TARGETS); alpha defaults to 2 x rank."""
+    if targets not in LORA_TARGETS:
+        raise ValueError(f"Unknown LoRA targets {targets!r}; choose from {', '.join(LORA_TARGETS)}.")
     return LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,
         lora_dropout=dropout,
-        target_modules=attention_targets(model),
+        target_modules=attention_targets(model) if targets == "attention" else "all-linear",
         task_type=task_type(model),
     )
 
 
-def add_lora(model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default") -> PeftModel:
-    """Freeze `model` and attach a trainable LoRA adapter; returns the PEFT wrapper."""
-    return get_peft_model(model, lora_config(model, rank, alpha), adapter_name=adapter_name)
+def add_lora(
+    model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default",
+    targets: str = "attention",
+) -> PeftModel:
+    """Freeze `model` and attach a trainable LoRA adapter on `targets`; returns the PEFT wrapper."""
+    return get_peft_model(model, lora_config(model, rank, alpha, targets=targets), adapter_name=adapter_name)
 
 
 def prompt_tuning_config(

@@ -24,19 +24,31 @@ from utils.prompts import SOFT_PROMPT_INIT_TEXT
 TRAINING_METHODS = ("full", "lora", "prompt_tuning", "qlora")
 
 
-def model_for_method(profile: Profile, method: str, tokenizer) -> tuple[torch.nn.Module, float]:
-    """The model set up for `method` as the notebooks set it up, and the method's learning rate."""
+# Where each LoRA method puts its adapters in the notebooks (utils.adapters.LORA_TARGETS).
+DEFAULT_LORA_TARGETS = {"lora": "attention", "qlora": "all-linear"}
+
+
+def model_for_method(
+    profile: Profile, method: str, tokenizer, lora_targets: str | None = None
+) -> tuple[torch.nn.Module, float]:
+    """The model set up for `method` as the notebooks set it up, and the method's learning rate.
+
+    `lora_targets` overrides where LoRA and QLoRA put their adapters (default: DEFAULT_LORA_TARGETS).
+    """
+    if method in DEFAULT_LORA_TARGETS:
+        lora_targets = lora_targets or DEFAULT_LORA_TARGETS[method]
     if method == "full":
         return load_model(profile), profile.full_learning_rate
     if method == "lora":
-        return add_lora(load_model(profile), rank=profile.lora_rank), profile.peft_learning_rate
+        return add_lora(load_model(profile), rank=profile.lora_rank, targets=lora_targets), profile.peft_learning_rate
     if method == "prompt_tuning":
         model = add_prompt_tuning(load_model(profile), tokenizer, profile.virtual_tokens, SOFT_PROMPT_INIT_TEXT)
         return model, profile.soft_prompt_learning_rate
     if method == "qlora":
         from utils.quantization import add_qlora, load_4bit_model
 
-        return add_qlora(load_4bit_model(profile), profile, rank=profile.lora_rank), profile.peft_learning_rate
+        model = add_qlora(load_4bit_model(profile), profile, rank=profile.lora_rank, targets=lora_targets)
+        return model, profile.peft_learning_rate
     raise ValueError(f"Unknown method {method!r}; choose from {', '.join(TRAINING_METHODS)}.")
 
 

@@ -286,10 +286,16 @@ def context_window(model_or_config, tokenizer: PreTrainedTokenizerBase) -> int:
     return int(positions or min(tokenizer.model_max_length, 10**6))
 
 
+def weights_in(parameter: torch.Tensor) -> int:
+    """How many weights `parameter` holds; a bitsandbytes 4-bit parameter packs two into each byte it stores."""
+    quant_state = getattr(parameter, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else parameter.numel()
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; quantized weights count as the weights they stand for."""
+    trainable = sum(weights_in(p) for p in model.parameters() if p.requires_grad)
+    total = sum(weights_in(p) for p in model.parameters())
     return trainable, total
 
 

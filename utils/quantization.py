@@ -69,10 +69,14 @@ def uses_gradient_checkpointing(profile: Profile) -> bool:
     return resolve_device(profile).type == "cuda"
 
 
-def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16) -> PeftModel:
-    """Prepare a 4-bit model for training (norms in float32, input gradients) and attach LoRA."""
+def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16, targets: str = "all-linear") -> PeftModel:
+    """Prepare a 4-bit model for training (norms in float32, input gradients) and attach LoRA.
+
+    LoRA goes on every linear layer by default, as in the QLoRA paper: the adapters then can
+    correct the rounding error of every quantized matrix, not only the attention's query and value.
+    """
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=uses_gradient_checkpointing(profile))
-    return add_lora(model, rank=rank)
+    return add_lora(model, rank=rank, targets=targets)
 
 
 def qlora_training_overrides(profile: Profile) -> dict:
