@@ -1,5 +1,7 @@
 """QLoRA pieces: NF4 loading with bitsandbytes on this machine's device, and number formats."""
 
+import logging
+
 import bitsandbytes
 import torch
 
@@ -70,3 +72,13 @@ def test_qlora_adapts_every_quantized_layer_as_in_the_qlora_paper(tiny_profile):
 
 def test_on_cpu_qlora_uses_plain_adamw_without_checkpointing(tiny_profile):
     assert qlora_training_overrides(tiny_profile) == {"optim": "adamw_torch", "activation_checkpointing": False}
+
+
+def test_the_missing_hub_kernel_warning_of_bitsandbytes_is_dropped_and_its_other_warnings_kept(caplog):
+    cpu_ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    with caplog.at_level(logging.WARNING, logger=cpu_ops.name):
+        cpu_ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.")
+        cpu_ops.warning("Some other problem.")
+
+    assert [record.getMessage() for record in caplog.records] == ["Some other problem."]
