@@ -70,6 +70,30 @@ def test_qlora_adapts_every_quantized_layer_as_in_the_qlora_paper(tiny_profile):
     assert quantized and quantized <= {f"{name}.base_layer" for name in adapted}  # T5 keeps `wo` unquantized
 
 
+def test_an_evaluation_pass_leaves_qlora_training_as_it_was(tiny_profile):
+    # On AVX512-BF16 CPUs bitsandbytes would repack the 4-bit weights for a bf16 inference kernel
+    # here, and the training step after it would lose the gradients through the frozen layers.
+    model = add_qlora(load_4bit_model(tiny_profile), tiny_profile, rank=2)
+    tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def training_step():
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(0)  # the same LoRA dropout in every step
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    loss_before, gradients_before = training_step()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=tokens, labels=tokens)
+    loss_after, gradients_after = training_step()
+
+    assert loss_after == loss_before
+    assert all(torch.equal(before, after) for before, after in zip(gradients_before, gradients_after))
+
+
 def test_on_cpu_qlora_uses_plain_adamw_without_checkpointing(tiny_profile):
     assert qlora_training_overrides(tiny_profile) == {"optim": "adamw_torch", "activation_checkpointing": False}
 

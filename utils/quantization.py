@@ -61,7 +61,23 @@ def load_4bit_model(profile: Profile, double_quantization: bool = True) -> PreTr
     if problem:
         raise QuantizationUnavailable(problem)
     config = nf4_config(resolve_dtype(profile), double_quantization)
-    return load_model(profile, quantization_config=config, device_map={"": str(device) if device.type == "cpu" else device.index or 0})
+    model = load_model(profile, quantization_config=config, device_map={"": str(device) if device.type == "cpu" else device.index or 0})
+    keep_training_layout(model)
+    return model
+
+
+def keep_training_layout(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its bf16 inference kernel on AVX512-BF16 CPUs.
+
+    On such CPUs the first forward pass in eval mode without gradients (an evaluation during
+    training, a generation) repacks every 4-bit layer for good. Later training steps then run
+    through that kernel, in bf16 and without autograd: the gradients through the frozen layers are
+    lost, silently. With the repacking off, every machine takes one path: dequantize, then multiply
+    in the compute dtype.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit, in versions with that kernel
+            module.support_avx512bf16_for_cpu = False
 
 
 def uses_gradient_checkpointing(profile: Profile) -> bool:
