@@ -59,10 +59,16 @@ def prompt_tuning_config(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_virtual_tokens: int = 20,
     init_text: str | None = None,
 ) -> PromptTuningConfig:
-    """Soft prompt of `num_virtual_tokens` trainable embeddings, started from `init_text`'s tokens or at random."""
+    """Soft prompt of `num_virtual_tokens` trainable embeddings, started from `init_text`'s tokens or at random.
+
+    One soft prompt, before the input, in both families (Lester et al.'s prompt tuning). PEFT's
+    default for encoder-decoders also prepends a second one to the decoder's input in training,
+    which its `generate` then leaves out: the model would be scored without what it learned.
+    """
     return PromptTuningConfig(
         task_type=task_type(model),
         num_virtual_tokens=num_virtual_tokens,
+        num_transformer_submodules=1,
         prompt_tuning_init=PromptTuningInit.TEXT if init_text else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=init_text or None,
         tokenizer_name_or_path=tokenizer.name_or_path if init_text else None,

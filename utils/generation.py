@@ -3,10 +3,69 @@
 from __future__ import annotations
 
 import torch
+from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.prompts import encode
+
+
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 60,
+    progress: bool = True,
+    description: str = "Generating",
+    **generation_kwargs,
+) -> list[list[int]]:
+    """The new token ids of one continuation per prompt, in the prompts' order, up to (without) the end token.
+
+    Prompts are sorted by length so each batch pads little; decoder-only models are padded
+    on the left so every prompt ends right where generation starts. Greedy unless
+    `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
+    prompt tuning) gets it prepended as embeddings, see `soft_prompt_inputs`.
+    """
+    if not prompts:
+        return []
+    is_encoder_decoder = model.config.is_encoder_decoder
+    lengths = [len(ids) for ids in encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[list[int]] = [[] for _ in prompts]
+    generation_kwargs.setdefault("do_sample", False)
+    generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    stop_ids = end_of_sequence_ids(model, tokenizer)
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if is_encoder_decoder else "left"
+    was_training = model.training
+    model.eval()
+    try:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc=description, disable=not progress):
+            encoded = encode(
+                tokenizer, [prompts[i] for i in batch], is_encoder_decoder, return_tensors="pt", padding=True
+            ).to(model.device)
+            with torch.no_grad():
+                if has_soft_prompt(model):
+                    # Only new tokens come back: the input was given as embeddings.
+                    generated = model.get_base_model().generate(
+                        **soft_prompt_inputs(model, encoded["input_ids"], encoded["attention_mask"]),
+                        max_new_tokens=max_new_tokens, **generation_kwargs,
+                    )
+                else:
+                    generated = model.generate(**encoded, max_new_tokens=max_new_tokens, **generation_kwargs)
+                    if not is_encoder_decoder:
+                        generated = generated[:, encoded["input_ids"].shape[1] :]
+            if is_encoder_decoder:
+                generated = generated[:, 1:]  # the decoder start token
+            for index, row in zip(batch, generated.tolist()):
+                outputs[index] = _until_end(row, stop_ids)
+    finally:
+        tokenizer.padding_side = previous_side
+        model.train(was_training)
+    return outputs
 
 
 def generate(
@@ -20,40 +79,48 @@ def generate(
     description: str = "Generating",
     **generation_kwargs,
 ) -> list[str]:
-    """Generate one text per prompt, in the prompts' order.
+    """Generate one text per prompt, in the prompts' order (`generate_ids`, decoded)."""
+    ids = generate_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       progress=progress, description=description, **generation_kwargs)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
-    Prompts are sorted by length so each batch pads little; decoder-only models are padded
-    on the left so every prompt ends right where generation starts, and only the new
-    tokens are decoded. Greedy unless `generation_kwargs` say otherwise (do_sample=True...).
+
+def end_of_sequence_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends a response: the generation config's and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
+def _until_end(ids: list[int], stop_ids: list[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:position]
+    return ids
+
+
+def has_soft_prompt(model: torch.nn.Module) -> bool:
+    """True for a PEFT model whose active adapter is a soft prompt (prompt tuning, P-tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
+
+
+def soft_prompt_inputs(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """inputs_embeds and attention_mask for the base model: the soft prompt, then the embedded input.
+
+    The same inputs PEFT builds in its forward pass (the soft prompt before everything, padding
+    included). Generation goes through the base model's own `generate` with them, not through
+    PEFT's: PEFT's generation hook finds the cache by the name `past_key_values`, which
+    transformers 5.24 renamed to `cache`, and then prepends the soft prompt at every decoding
+    step (docs/RESULTS.md, "Prompt tuning under transformers 5.24").
     """
-    if not prompts:
-        return []
-    is_encoder_decoder = model.config.is_encoder_decoder
-    lengths = [len(ids) for ids in encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    outputs: list[str] = [""] * len(prompts)
-    generation_kwargs.setdefault("do_sample", False)
-    generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if is_encoder_decoder else "left"
-    was_training = model.training
-    model.eval()
-    try:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc=description, disable=not progress):
-            encoded = encode(
-                tokenizer, [prompts[i] for i in batch], is_encoder_decoder, return_tensors="pt", padding=True
-            ).to(model.device)
-            with torch.no_grad():
-                generated = model.generate(**encoded, max_new_tokens=max_new_tokens, **generation_kwargs)
-            if not is_encoder_decoder:
-                generated = generated[:, encoded["input_ids"].shape[1] :]
-            for index, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True)):
-                outputs[index] = text.strip()
-    finally:
-        tokenizer.padding_side = previous_side
-        model.train(was_training)
-    return outputs
+    prompt = model.get_prompt(batch_size=input_ids.shape[0])
+    embedded = model.get_input_embeddings()(input_ids)
+    prompt_mask = torch.ones(prompt.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+    return {
+        "inputs_embeds": torch.cat([prompt.to(embedded.dtype), embedded], dim=1),
+        "attention_mask": torch.cat([prompt_mask, attention_mask], dim=1),
+    }
 
 
 def next_token_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from utils.files import atomic_directory, write_json_atomic
+from utils.generation import end_of_sequence_ids
 from utils.prompts import encode
 
 # --- the terms of the objective, as pure tensor functions ------------------------------------
@@ -388,13 +389,6 @@ class Rollout:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.query_ids, self.query_mask, self.response_ids, self.response_mask
-
-
-def end_of_sequence_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token id that ends a response: the generation config's and the tokenizer's."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
 
 
 def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
