@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from utils.files import atomic_directory, cache_dir, runs_dir, write_json_atomic
+from utils.files import PROJECT_ROOT, atomic_directory, cache_dir, runs_dir, write_json_atomic
 
 
 class Interrupted(Exception):
@@ -122,3 +122,14 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
 def test_runs_dir_is_per_profile_under_course_runs_dir(isolated_runs):
     assert runs_dir("tiny") == isolated_runs / "tiny"
     assert (isolated_runs / "tiny").is_dir()
+
+
+def test_a_relative_runs_dir_is_taken_from_the_project_folder_whatever_the_working_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_RUNS_DIR", "runs/check-test")
+    monkeypatch.chdir(tmp_path)  # the notebooks' kernels run in notebooks/, the commands in the project folder
+
+    folder = runs_dir("offline")
+
+    assert folder == PROJECT_ROOT / "runs" / "check-test" / "offline"
+    folder.rmdir()
+    folder.parent.rmdir()

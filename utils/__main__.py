@@ -1,4 +1,4 @@
-"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab}`.
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -114,6 +114,15 @@ def _sync_colab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_results(args: argparse.Namespace) -> int:
+    from utils.check_results import check
+    from utils.results import load_results
+
+    ok, lines = check(load_results("offline"), args.notebooks or None)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 def _write_report(profile):
     from utils.course import library_versions
     from utils.models import resolve_device
@@ -148,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook")
     colab.add_argument("notebooks", nargs="*", help="notebook files (default: every notebook in notebooks/)")
     colab.set_defaults(handler=_sync_colab)
+    results = commands.add_parser("check-results", help="compare runs/offline/results.json with docs/RESULTS.md")
+    results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")
+    results.set_defaults(handler=_check_results)
     args = parser.parse_args(argv)
 
     from utils.errors import USER_ERRORS

@@ -39,9 +39,13 @@ def require_cache_space(needed_bytes: int, what: str) -> None:
 
 
 def runs_dir(profile_name: str) -> Path:
-    """Folder for one profile's results, reports and checkpoints: $COURSE_RUNS_DIR or runs/, per profile."""
+    """Folder for one profile's results, reports and checkpoints: $COURSE_RUNS_DIR or runs/, per profile.
+
+    A relative COURSE_RUNS_DIR is taken from the project folder, so the notebooks' kernels (which
+    run in notebooks/) and the commands find the same folder.
+    """
     configured = os.environ.get("COURSE_RUNS_DIR")
-    base = Path(configured) if configured else PROJECT_ROOT / "runs"
+    base = PROJECT_ROOT / configured if configured else PROJECT_ROOT / "runs"
     folder = base / profile_name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
