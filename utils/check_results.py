@@ -48,8 +48,9 @@ class Comparison:
         if self.measured is None:
             return f"MISSING {self.figure.label}: recorded {self.figure.recorded:g}, not in this run's results.json"
         verdict = "ok     " if self.ok else "MOVED  "
+        moved = round(self.measured - self.figure.recorded, 4) + 0.0  # no "-0.0000"
         return (f"{verdict}{self.figure.label}: recorded {self.figure.recorded:g}, measured {self.measured:.4f} "
-                f"(moved {self.measured - self.figure.recorded:+.4f}, tolerance {self.figure.tolerance:g})")
+                f"(moved {moved:+.4f}, tolerance {self.figure.tolerance:g})")
 
 
 def recorded_figures(text: str) -> list[Figure]:

@@ -68,20 +68,9 @@ def generate_ids(
     return outputs
 
 
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    batch_size: int = 8,
-    max_new_tokens: int = 60,
-    progress: bool = True,
-    description: str = "Generating",
-    **generation_kwargs,
-) -> list[str]:
-    """Generate one text per prompt, in the prompts' order (`generate_ids`, decoded)."""
-    ids = generate_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       progress=progress, description=description, **generation_kwargs)
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **options) -> list[str]:
+    """Generate one text per prompt, in the prompts' order: `generate_ids` (same options), decoded."""
+    ids = generate_ids(model, tokenizer, prompts, **options)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
