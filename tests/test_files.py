@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from utils.files import PROJECT_ROOT, atomic_directory, cache_dir, runs_dir, write_json_atomic
+from utils.files import PROJECT_ROOT, atomic_directory, cache_dir, runs_dir, write_json_atomic, write_text_atomic
 
 
 class Interrupted(Exception):
@@ -133,3 +133,27 @@ def test_a_relative_runs_dir_is_taken_from_the_project_folder_whatever_the_worki
     assert folder == PROJECT_ROOT / "runs" / "check-test" / "offline"
     folder.rmdir()
     folder.parent.rmdir()
+
+
+def test_rewriting_a_file_atomically_keeps_its_permissions(tmp_path):
+    shared, private = tmp_path / "README.md", tmp_path / "secret.txt"
+    for path, mode in ((shared, 0o644), (private, 0o600)):
+        path.write_text("before")
+        path.chmod(mode)
+
+        write_text_atomic(path, "after")
+
+        assert path.read_text() == "after"
+        assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_new_file_written_atomically_is_as_readable_as_any_new_file(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "new.txt", "text")
+    finally:
+        os.umask(umask)
+
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
