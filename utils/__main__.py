@@ -105,12 +105,20 @@ def _measure_training(args: argparse.Namespace) -> int:
 
 
 def _sync_colab(args: argparse.Namespace) -> int:
-    from utils.colab import sync_colab_cells
+    from utils.colab import course_revision, sync_colab_cells, sync_readme
+    from utils.kernel import KERNEL_NAME, use_course_kernel
     from utils.runner import notebook_paths
 
     paths = args.notebooks or notebook_paths()
-    changed = sync_colab_cells(paths)
-    print(f"Colab cell updated in {len(changed)} of {len(paths)} notebook(s)" + "".join(f"\n  {p}" for p in changed))
+    revision = args.revision or course_revision()
+    changed = sync_colab_cells(paths, revision=revision)
+    print(f"Colab cell and badge (revision {revision}) updated in {len(changed)} of {len(paths)} notebook(s)"
+          + "".join(f"\n  {p}" for p in changed))
+    kernel = [path for path in paths if use_course_kernel(path)]
+    if kernel:
+        print(f"Kernel {KERNEL_NAME!r} named in {len(kernel)} notebook(s)" + "".join(f"\n  {p}" for p in kernel))
+    if not args.notebooks and sync_readme(revision=revision):
+        print("Colab badges updated in README.md")
     return 0
 
 
@@ -154,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--steps", type=int, default=3)
     measure.add_argument("--batch-size", type=int, default=None)
     measure.set_defaults(handler=_measure_training)
-    colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook")
+    colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook, the Colab "
+                                "badge below its title and in the README, and name the course kernel")
     colab.add_argument("notebooks", nargs="*", help="notebook files (default: every notebook in notebooks/)")
+    colab.add_argument("--revision", help="the tag or branch the Colab cells install (default: the tag of the "
+                       "commit checked out, else main)")
     colab.set_defaults(handler=_sync_colab)
     results = commands.add_parser("check-results", help="compare runs/offline/results.json with docs/RESULTS.md")
     results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")

