@@ -1,6 +1,7 @@
 """Test settings: no progress bars, no network, results and checkpoints in a temporary folder."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# An empty Hugging Face cache of the tests' own, whatever this machine's cache holds (set before
+# huggingface_hub is imported: it reads the location once).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="course-tests-hf-home-")
 os.environ.pop("COURSE_PROFILE", None)
 
 

@@ -52,13 +52,19 @@ def command(*arguments, **environment):
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def one_error_line(stdout, stderr):
-    """The single `error: ...` line of a refused command (and nothing else on either stream)."""
+def error_message(stdout, stderr):
+    """The `error: ...` message of a refused command (nothing else on either stream, no traceback)."""
     assert "Traceback" not in stdout + stderr
     assert stdout.strip() == ""
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
+    assert stderr.startswith("error: "), stderr
+    return stderr.strip()
+
+
+def one_error_line(stdout, stderr):
+    """The single `error: ...` line of a refused command."""
+    message = error_message(stdout, stderr)
+    assert len(message.splitlines()) == 1, message
+    return message
 
 
 @pytest.fixture
@@ -70,7 +76,7 @@ def in_process(monkeypatch, capsys):
             monkeypatch.setenv(name, value) if value is not None else monkeypatch.delenv(name, raising=False)
         code = main(list(arguments))
         captured = capsys.readouterr()
-        return code, one_error_line(captured.out, captured.err)
+        return code, error_message(captured.out, captured.err)
 
     return run
 
@@ -115,7 +121,7 @@ def test_an_unreachable_hub_endpoint_exits_2_within_seconds_pointing_to_offline(
     result = command("check-data", "data/dialogsum_sample/test.jsonl", COURSE_PROFILE="colab",
                      HF_HUB_OFFLINE=None, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on port 9
 
-    line = one_error_line(result.stdout, result.stderr)
+    line = error_message(result.stdout, result.stderr)
     assert result.returncode == 2
     assert "google/flan-t5-base" in line and "Hugging Face Hub" in line and "COURSE_PROFILE=offline" in line
 

@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from utils.hub import HubUnreachableError, hub_reachable, require_hub
+from utils.hub import HubRepo, HubUnreachableError, hub_reachable, require_hub_or_cache
 from utils.models import model_location
 from utils.profiles import get_profile
 
@@ -68,15 +68,18 @@ def test_the_answer_is_cached(monkeypatch):
     assert len(calls) == 1
 
 
-def test_require_hub_raises_naming_what_needs_it_and_the_offline_profile(monkeypatch):
+def test_without_the_hub_each_uncached_repository_gets_a_line_with_its_download_command(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repos = [HubRepo("google/flan-t5-base"), HubRepo("knkarthick/dialogsum", "dataset", "dataset")]
 
     with pytest.raises(HubUnreachableError) as raised:
-        require_hub("The dataset knkarthick/dialogsum")
+        require_hub_or_cache("Profile 'colab'", repos)
 
-    message = str(raised.value)
-    assert "knkarthick/dialogsum" in message
-    assert "COURSE_PROFILE=offline" in message
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith("Profile 'colab' needs the Hugging Face Hub")
+    assert "`hf download google/flan-t5-base`" in lines[1]
+    assert "`hf download knkarthick/dialogsum --repo-type dataset`" in lines[2]
+    assert "COURSE_PROFILE=offline" in lines[3]
 
 
 def test_online_profile_model_fails_fast_with_hub_unreachable(monkeypatch):

@@ -202,3 +202,24 @@ def test_every_profile_has_usable_ppo_and_reward_model_settings(name):
     assert profile.ppo_eval_seeds >= 3  # before/after toxicity is compared over at least three seeds
     assert profile.ppo_temperature > 0 and profile.ppo_max_new_tokens > 0
     assert profile.reward_epochs > 0 and (profile.reward_max_steps == -1 or profile.reward_max_steps > 0)
+
+
+def test_course_smoke_keeps_the_model_dtype_and_data_and_takes_the_test_sizes():
+    gpu = get_profile("gpu")
+
+    smoke = with_overrides(gpu, {"COURSE_SMOKE": "1"})
+
+    assert (smoke.model, smoke.family, smoke.dtype, smoke.data) == (gpu.model, gpu.family, gpu.dtype, gpu.data)
+    assert smoke.train_examples == get_profile("tiny").train_examples and smoke.max_steps == get_profile("tiny").max_steps
+    assert smoke.device == "auto"  # the CPU when there is no GPU
+    assert with_overrides(gpu, {}) == gpu
+
+
+def test_the_online_profiles_name_the_hub_repositories_they_load():
+    from utils.profiles import hub_repos
+
+    repos = {(repo.repo_id, repo.repo_type) for repo in hub_repos(get_profile("colab"))}
+
+    assert ("google/flan-t5-base", "model") in repos and ("knkarthick/dialogsum", "dataset") in repos
+    assert len(repos) == 4
+    assert hub_repos(get_profile("offline")) == []

@@ -38,15 +38,15 @@ def _checked_profile():
     A profile this machine cannot run stops here with one line (exit code 2), instead of every
     notebook failing in turn.
     """
-    from utils.hub import require_hub
+    from utils.hub import require_hub_or_cache
     from utils.models import resolve_device
-    from utils.profiles import choose_profile, with_overrides
+    from utils.profiles import choose_profile, hub_repos, with_overrides
 
     profile, reason = choose_profile()
     profile = with_overrides(profile)
     resolve_device(profile)  # ProfileError when it needs a CUDA GPU this machine lacks
     if profile.needs_hub:
-        require_hub(f"Profile {profile.name!r}")
+        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
     if profile.data_label:  # COURSE_DATA: the user's own file or folder
         _check_course_data(profile.data, profile.seed)
     return profile, reason

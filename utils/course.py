@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from utils.hub import require_hub
+from utils.hub import require_hub_or_cache
 from utils.models import describe_model, resolve_device, resolve_dtype
-from utils.profiles import Profile, choose_profile, with_overrides
+from utils.profiles import Profile, choose_profile, hub_repos, with_overrides
 from utils.results import record_result
 
 
@@ -72,7 +72,8 @@ def start(notebook: str) -> Course:
     profile, reason = choose_profile()
     profile = with_overrides(profile)
     if profile.needs_hub:
-        require_hub(f"Profile {profile.name!r}")  # fail in seconds, not at the first download
+        # Fail in seconds, not at the first download, naming every repository neither the Hub nor the cache has.
+        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # PEFT still reads a transformers attribute renamed in 5.x; the warning says nothing a learner can act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -12,7 +12,7 @@ from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from utils.files import DATA_DIR
-from utils.hub import require_hub
+from utils.hub import HubRepo, hub_or_cache
 from utils.profiles import BUNDLED_DATA, Profile
 from utils.prompts import DEFAULT_TEMPLATE, encode, instruction, model_input
 
@@ -149,8 +149,9 @@ def load_dialogues(
 def _load_hub(dataset_id: str) -> DatasetDict:
     from datasets import load_dataset
 
-    require_hub(f"The dataset {dataset_id}")
-    raw = load_dataset(dataset_id)
+    # Its Hub id, or its folder in the Hugging Face cache when the Hub is out of reach: `datasets`
+    # reads the folder's CSV splits itself (in offline mode it would want a cache of its own).
+    raw = load_dataset(hub_or_cache(HubRepo(dataset_id, "dataset", "dataset")))
     return DatasetDict(
         {
             split: Dataset.from_dict(normalize_rows(list(raw[split]), split, merge_repeated_dialogues=True))

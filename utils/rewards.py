@@ -21,10 +21,10 @@ from typing import Protocol
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from utils.hub import require_hub
-from utils.profiles import Profile
+from utils.hub import HubRepo, hub_or_cache
+from utils.profiles import ONLINE_TOXICITY_CLASSIFIER, Profile
 
-DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
+DEFAULT_CLASSIFIER = ONLINE_TOXICITY_CLASSIFIER
 DEFAULT_NON_TOXIC_LABEL = "nothate"
 PROFANITY_INSTALL = "pip install alt-profanity-check"
 
@@ -76,7 +76,7 @@ class ClassifierScorer:
     ):
         location = str(model_id_or_path)
         if not Path(location).is_dir():
-            require_hub(f"The reward model {location}")
+            location = hub_or_cache(HubRepo(location, "model", "reward model"))
         self.name = f"classifier:{location}"
         self.device = torch.device(device)
         self.batch_size = batch_size
