@@ -81,3 +81,45 @@ def test_a_different_learning_rate_trains_from_the_start(tiny_profile):
     assert not same_weights(weights(other_model), weights(first_model))
     assert other_run.history != first_run.history
     assert other_run.tokens_per_second > 0
+
+
+def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights_so_small_updates_count(one_thread):
+    """lr 1e-4 on a bf16 weight above ~0.05 rounds to nothing: the weights must train in float32."""
+    from dataclasses import replace
+
+    from utils.profiles import get_profile
+
+    profile = replace(get_profile("tiny"), dtype="bfloat16", max_steps=2)
+    model, tokenizer = load_model_and_tokenizer(profile)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    before = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+    train_set, eval_set = small_data(profile, tokenizer)
+
+    train(model, tokenizer, profile, "full-bf16", train_set, eval_set, learning_rate=1e-4)
+
+    large = changed = 0
+    for name, parameter in model.named_parameters():
+        mask = before[name].abs() > 0.05
+        large += int(mask.sum())
+        changed += int((parameter.detach().float()[mask] != before[name][mask]).sum())
+    assert changed / large > 0.5
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_frozen_bf16_base_stays_bf16_while_its_adapter_trains_in_fp32():
+    from dataclasses import replace
+
+    from utils.adapters import add_lora
+    from utils.profiles import get_profile
+    from utils.training import keep_fp32_master_weights
+
+    profile = replace(get_profile("tiny"), dtype="bfloat16")
+    model = add_lora(load_model_and_tokenizer(profile)[0], rank=4)
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            parameter.data = parameter.data.bfloat16()
+
+    keep_fp32_master_weights(model)
+
+    dtypes = {("lora_" in name, p.dtype) for name, p in model.named_parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}

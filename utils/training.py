@@ -124,6 +124,23 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir))
 
 
+def keep_fp32_master_weights(model: torch.nn.Module) -> bool:
+    """Cast `model` to float32 when it would train weights stored in 16 bits; True when it did.
+
+    AdamW's update of a bf16 weight is rounded to bf16: lr 1e-4 moves no weight above about
+    0.05, silently. Training the base weights (full fine-tuning) therefore keeps them in float32
+    and computes in bf16 under autocast (the Trainer's `bf16=True`), the usual mixed precision.
+    Frozen 16-bit bases with float32 adapters (LoRA, QLoRA, prompt tuning) are left as they are.
+    """
+    low_precision = [p for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if hasattr(model, "peft_config"):  # only what trains: the frozen base keeps its 16 bits
+        for parameter in low_precision:
+            parameter.data = parameter.data.float()
+    elif low_precision:
+        model.float()
+    return bool(low_precision)
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -140,6 +157,7 @@ def train(
     `name` names the checkpoint folder (runs/<profile>/checkpoints/<name>). The model is
     trained in place; the same object is returned in the TrainingRun.
     """
+    keep_fp32_master_weights(model)
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     steps = total_steps(profile, len(train_dataset), epochs)
     arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
