@@ -157,3 +157,28 @@ def test_perplexity_leaves_the_model_in_its_mode(tiny_model_and_tokenizer, train
     perplexity(model, training_batches[1])
 
     assert model.training
+
+
+def test_several_references_score_as_the_best_one_or_as_their_mean():
+    prediction = ["the cat sat on the mat"]
+    references = [["the cat sat on the mat", "a dog ran in the park"]]
+
+    best = rouge(prediction, references)
+    mean = rouge(prediction, references, over="mean")
+    alone = [rouge(prediction, [[r]])["rouge1"] for r in references[0]]
+
+    assert best["rouge1"] == pytest.approx(1.0)
+    assert mean["rouge1"] == pytest.approx(sum(alone) / 2)
+    assert mean["rouge1"] < best["rouge1"]
+
+
+def test_one_reference_scores_the_same_both_ways_and_both_are_reported():
+    from utils.metrics import rouge_best_and_mean
+
+    scores = rouge_best_and_mean(["a short summary"], ["a short summary of the call"])
+
+    assert scores["rouge1"] == scores["rouge1_mean_ref"]
+    assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum",
+                           "rouge1_mean_ref", "rouge2_mean_ref", "rougeL_mean_ref", "rougeLsum_mean_ref"}
+    with pytest.raises(ValueError, match="over"):
+        rouge(["a"], ["a"], over="worst")

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.data import batches, load_general_qa, prompts_for, tokenize_for_training, tokenize_pairs
 from utils.generation import generate
-from utils.metrics import perplexity, rouge, rouge_per_example
+from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
 from utils.profiles import Profile
 from utils.prompts import DEFAULT_TEMPLATE, model_input
 
@@ -39,9 +39,9 @@ def evaluate(
     template: str = DEFAULT_TEMPLATE,
     description: str = "Evaluating",
 ) -> tuple[list[str], dict[str, float]]:
-    """Summaries of `dataset` and their mean ROUGE against all references."""
+    """Summaries of `dataset` and their ROUGE: against the best reference, and the mean over references."""
     predictions = summarize(model, tokenizer, profile, dataset["dialogue"], template, description)
-    return predictions, rouge(predictions, list(dataset["references"]))
+    return predictions, rouge_best_and_mean(predictions, list(dataset["references"]))
 
 
 def side_by_side(dataset: Dataset, columns: dict[str, list[str]], rows: int = 3) -> pd.DataFrame:

@@ -18,12 +18,20 @@ def _as_lists(references: Sequence[References]) -> list[list[str]]:
     return [[r] if isinstance(r, str) else list(r) for r in references]
 
 
-def rouge(predictions: Sequence[str], references: Sequence[References]) -> dict[str, float]:
+OVER_REFERENCES = ("best", "mean")
+MEAN_SUFFIX = "_mean_ref"  # rouge1_mean_ref...: the mean over references, next to the best-reference score
+
+
+def rouge(predictions: Sequence[str], references: Sequence[References], over: str = "best") -> dict[str, float]:
     """Mean ROUGE-1/2/L/Lsum F1 with stemming, as the Hugging Face `rouge` metric reports them.
 
-    A reference may be a list of several references; each prediction then scores
-    against its best-matching one (rouge-score's `score_multi`).
+    A reference may be a list of several references (DialogSum's test set has three per
+    dialogue). `over="best"`: each prediction scores against its best-matching one (rouge-score's
+    `score_multi`). `over="mean"`: the mean of its scores against each one, which equals the mean
+    over rows of one reference each, as the original lab scored the Hub copy's 1,500 test rows.
     """
+    if over not in OVER_REFERENCES:
+        raise ValueError(f"over must be one of {OVER_REFERENCES}, got {over!r}")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
@@ -31,10 +39,20 @@ def rouge(predictions: Sequence[str], references: Sequence[References]) -> dict[
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = {name: 0.0 for name in ROUGE_TYPES}
     for prediction, refs in zip(predictions, _as_lists(references)):
-        scores = scorer.score_multi(refs, prediction)
+        if over == "best":
+            scores = {name: s.fmeasure for name, s in scorer.score_multi(refs, prediction).items()}
+        else:
+            each = [scorer.score(reference, prediction) for reference in refs]
+            scores = {name: sum(s[name].fmeasure for s in each) / len(each) for name in ROUGE_TYPES}
         for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
+            totals[name] += scores[name]
     return {name: totals[name] / len(predictions) for name in ROUGE_TYPES}
+
+
+def rouge_best_and_mean(predictions: Sequence[str], references: Sequence[References]) -> dict[str, float]:
+    """Both ways of scoring several references: rouge1... (best one) and rouge1_mean_ref... (their mean)."""
+    mean = rouge(predictions, references, over="mean")
+    return {**rouge(predictions, references), **{name + MEAN_SUFFIX: value for name, value in mean.items()}}
 
 
 def rouge_per_example(predictions: Sequence[str], references: Sequence[References]) -> list[dict[str, float]]:

@@ -11,6 +11,8 @@ from utils.results import METHODS, load_results
 
 TABLE_COLUMNS = (
     *ROUGE_TYPES,
+    "rouge1_mean_ref",  # the mean over references (DialogSum's test set has three), as the original lab scored
+    "rougeL_mean_ref",
     "trainable_params",
     "total_params",
     "saved_bytes",
