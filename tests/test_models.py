@@ -157,3 +157,21 @@ def test_a_cuda_profile_on_a_machine_without_cuda_raises_a_profile_error():
     with pytest.raises(ProfileError, match="COURSE_PROFILE=offline"):
         resolve_device(get_profile("colab"))
 
+
+
+def test_the_offline_profile_uses_a_gpu_when_there_is_one(monkeypatch):
+    """On a CUDA machine without the Hub the course picks `offline`: it then runs on the GPU, in bf16."""
+    from utils.models import resolve_device, resolve_dtype
+    from utils.profiles import get_profile
+
+    offline = get_profile("offline")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert (resolve_device(offline).type, resolve_dtype(offline)) == ("cuda", torch.bfloat16)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert (resolve_device(offline).type, resolve_dtype(offline)) == ("mps", torch.float32)
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert (resolve_device(offline).type, resolve_dtype(offline)) == ("cpu", torch.float32)

@@ -62,9 +62,16 @@ def model_class(profile: Profile) -> type:
 
 
 def resolve_device(profile: Profile) -> torch.device:
-    """The torch device for the profile; a clear error when it asks for a GPU this machine lacks."""
+    """The torch device for the profile; a clear error when it asks for a GPU this machine lacks.
+
+    "auto": a CUDA GPU when there is one, else Apple silicon's GPU (MPS, untested here), else the CPU.
+    """
     if profile.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     if profile.device == "cuda" and not torch.cuda.is_available():
         raise ProfileError(
             f"Profile {profile.name!r} needs a CUDA GPU and this machine has none. "
@@ -74,7 +81,13 @@ def resolve_device(profile: Profile) -> torch.device:
 
 
 def resolve_dtype(profile: Profile) -> torch.dtype:
-    """bfloat16 only where the device supports it, float32 otherwise (with a note)."""
+    """bfloat16 only where the device supports it, float32 otherwise (with a note).
+
+    "auto": bfloat16 on a CUDA GPU that computes it, float32 on CPUs and MPS.
+    """
+    if profile.dtype == "auto":
+        device = resolve_device(profile)
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     if profile.dtype == "bfloat16":
         device = resolve_device(profile)
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -61,7 +61,7 @@ def load_4bit_model(profile: Profile, double_quantization: bool = True) -> PreTr
     if problem:
         raise QuantizationUnavailable(problem)
     config = nf4_config(resolve_dtype(profile), double_quantization)
-    model = load_model(profile, quantization_config=config, device_map={"": str(device) if device.type == "cpu" else device.index or 0})
+    model = load_model(profile, quantization_config=config, device_map={"": (device.index or 0) if device.type == "cuda" else str(device)})
     keep_training_layout(model)
     return model
 
