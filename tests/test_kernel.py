@@ -68,6 +68,15 @@ def test_every_nbval_run_uses_this_environment_not_the_kernel_the_notebooks_name
     places = [ROOT / "tests" / "test_notebooks.py", *sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
     runs = [(path.name, line) for path in places for line in path.read_text().splitlines() if '--nbval-lax' in line]
 
-    assert len(runs) >= 2
+    assert runs  # tests/test_notebooks.py at least
     for name, line in runs:
         assert "--nbval-current-env" in line, f"{name}: {line.strip()}"
+
+
+def test_the_gpu_workflow_runs_each_notebook_once():
+    workflow = (ROOT / ".github" / "workflows" / "gpu-notebooks.yml").read_text()
+
+    steps = [line for line in workflow.splitlines() if line.strip().startswith("run:")]
+
+    assert not [step for step in steps if "nbval" in step]
+    assert sum("utils run" in step for step in steps) == 1
