@@ -17,6 +17,7 @@ from utils.data import (
     tokenize_for_training,
     training_collator,
 )
+from utils.profiles import get_profile
 from utils.prompts import encode, instruction
 
 LONG_DIALOGUE = "\n".join(
@@ -343,3 +344,40 @@ def test_instruction_is_the_same_for_training_and_prompts(tiny_model_and_tokeniz
     (prompt,) = prompts_for([dialogue(3)], tokenizer, tiny_profile)
 
     assert instruction(dialogue(3)) in prompt
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-causal"])
+def test_a_few_shot_prompt_is_cut_to_the_window_keeping_its_examples_whole(name):
+    from utils.data import fit_prompt
+    from utils.models import load_tokenizer
+    from utils.prompts import encode
+
+    profile = get_profile(name)
+    tokenizer = load_tokenizer(profile)
+    rows = load_dialogues("bundled")["train"]
+    examples = [(rows[i]["dialogue"], rows[i]["summary"]) for i in range(2)]
+    dialogue = rows[5]["dialogue"]
+    length = lambda prompt: len(encode(tokenizer, prompt, profile.is_encoder_decoder)["input_ids"])
+    uncut = fit_prompt(tokenizer, profile, dialogue, examples=examples, max_tokens=10_000)
+    window = length(uncut) - 40
+
+    prompt = fit_prompt(tokenizer, profile, dialogue, examples=examples, max_tokens=window)
+
+    assert length(prompt) <= window < length(uncut)
+    assert all(summary in prompt for _, summary in examples)
+    assert "…" in prompt or "..." in prompt
+
+
+def test_examples_that_fill_the_window_alone_are_left_out_from_the_last():
+    from utils.data import fit_prompt
+    from utils.models import load_tokenizer
+
+    profile = get_profile("tiny")
+    tokenizer = load_tokenizer(profile)
+    rows = load_dialogues("bundled")["train"]
+    examples = [(rows[i]["dialogue"], rows[i]["summary"]) for i in range(2)]
+    one_example = len(tokenizer(fit_prompt(tokenizer, profile, "Hi.", examples=examples[:1], max_tokens=10_000))["input_ids"])
+
+    prompt = fit_prompt(tokenizer, profile, rows[5]["dialogue"], examples=examples, max_tokens=one_example + 30)
+
+    assert examples[0][1] in prompt and examples[1][1] not in prompt

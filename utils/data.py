@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
@@ -192,27 +193,35 @@ def fit_dialogue(tokenizer: PreTrainedTokenizerBase, dialogue: str, max_tokens: 
     return tokenizer.decode(ids[: max(keep, 1)], skip_special_tokens=True).rstrip() + ELLIPSIS
 
 
-def dialogue_budget(tokenizer: PreTrainedTokenizerBase, profile: Profile, template: str) -> int:
-    """Tokens left for the dialogue once the template and chat format take their share."""
-    empty = model_input(tokenizer, instruction("", template), profile.is_encoder_decoder)
+def dialogue_budget(tokenizer: PreTrainedTokenizerBase, profile: Profile, template: str,
+                    examples: Sequence[tuple[str, str]] = (), max_tokens: int | None = None) -> int:
+    """Tokens left for the dialogue once the template, the worked examples and the chat format take their share."""
+    empty = model_input(tokenizer, instruction("", template, examples), profile.is_encoder_decoder)
     overhead = len(encode(tokenizer, empty, profile.is_encoder_decoder)["input_ids"])
-    return max(8, profile.max_source_tokens - overhead)
+    return max(8, (max_tokens or profile.max_source_tokens) - overhead)
 
 
-def fit_prompt(tokenizer: PreTrainedTokenizerBase, profile: Profile, dialogue: str, template: str) -> str:
-    """The model-ready prompt for one dialogue, cut until it fits `profile.max_source_tokens`.
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, profile: Profile, dialogue: str, template: str = DEFAULT_TEMPLATE,
+               examples: Sequence[tuple[str, str]] = (), max_tokens: int | None = None) -> str:
+    """The model-ready prompt for one dialogue, its dialogue cut until the whole fits `max_tokens`.
 
-    Tokens can merge across the edges of the dialogue, so the first cut may be a token or
-    two too long: cut a little more until the encoded prompt fits.
+    `max_tokens` defaults to the profile's source length; few-shot prompts pass the model's
+    context window. Worked `examples` (dialogue, summary) stay whole; when they alone leave no
+    room for the dialogue, the last ones are left out. Tokens can merge across the edges of the
+    dialogue, so the first cut may be a token or two too long: cut a little more until it fits.
     """
-    budget = dialogue_budget(tokenizer, profile, template)
+    limit = max_tokens or profile.max_source_tokens
+    examples = list(examples)
+    while examples and dialogue_budget(tokenizer, profile, template, examples, limit) <= 8:
+        examples.pop()
+    budget = dialogue_budget(tokenizer, profile, template, examples, limit)
     while True:
-        prompt = model_input(tokenizer, instruction(fit_dialogue(tokenizer, dialogue, budget), template),
+        prompt = model_input(tokenizer, instruction(fit_dialogue(tokenizer, dialogue, budget), template, examples),
                              profile.is_encoder_decoder)
         length = len(encode(tokenizer, prompt, profile.is_encoder_decoder)["input_ids"])
-        if length <= profile.max_source_tokens or budget <= 8:
+        if length <= limit or budget <= 8:
             return prompt
-        budget -= length - profile.max_source_tokens
+        budget -= length - limit
 
 
 def prompts_for(
