@@ -26,9 +26,12 @@ BUNDLED_DATA = "bundled"
 DIALOGSUM_HUB = "hub:knkarthick/dialogsum"
 
 # What the online profiles also fetch from the Hub: notebook 06's toxicity classifier (the original
-# lab's) and notebook 07's reward-model backbone.
+# lab's) and notebook 07's reward-model backbone. Both repositories hold model.safetensors beside
+# the older pytorch_model.bin (safetensors added in their PRs #1 and #2, merged in 2023 and 2022;
+# checked on their Hub pages), so the course loads them with use_safetensors=True, never a pickle.
+# distilroberta-base lives under distilbert/ now; the old id only redirects.
 ONLINE_TOXICITY_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
-ONLINE_REWARD_BACKBONE = "distilroberta-base"
+ONLINE_REWARD_BACKBONE = "distilbert/distilroberta-base"
 
 
 class ProfileError(ValueError):

