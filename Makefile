@@ -47,9 +47,11 @@ run: $(STAMP)
 # that profile. LAB_ARGS go to `jupyter lab`, e.g. make lab LAB_ARGS="--no-browser --port 8890".
 # Kernels get CurveZMQ keys, so their messages are encrypted (and ipykernel does not warn that they are not).
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/finetuning-course/kernel.json
+# Jupyter refuses to start as root (containers, CI) unless told it may.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: $(KERNEL_SPEC)
-	$(VENV)/bin/jupyter lab --MappingKernelManager.transport_encryption=auto notebooks/ $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --MappingKernelManager.transport_encryption=auto $(ALLOW_ROOT) notebooks/ $(LAB_ARGS)
 
 $(KERNEL_SPEC): $(STAMP)
 	$(VENV_PY) -m utils.kernel
