@@ -45,3 +45,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def run_notebook_with_nbval(notebook, environ: dict, runs_dir) -> None:
+    """Run `notebook` top to bottom under nbval with `environ` added; fail with its output's tail.
+
+    nbval runs each notebook in this Python (`--nbval-current-env`), not in the kernel its metadata
+    names: the course kernel (`make lab`) need not be registered, and a `python3` kernelspec
+    elsewhere on the Jupyter path (a user-wide one, say) cannot swap in another interpreter.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, **environ, "COURSE_RUNS_DIR": str(runs_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+         str(notebook)],
+        cwd=Path(notebook).parent, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Training learns, records its losses, and reuses a finished run only when nothing changed."""
 
+import pytest
 import torch
 
 from utils.data import load_profile_data, tokenize_for_training, training_collator
@@ -123,3 +124,41 @@ def test_a_frozen_bf16_base_stays_bf16_while_its_adapter_trains_in_fp32():
 
     dtypes = {("lora_" in name, p.dtype) for name, p in model.named_parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+
+
+DIALOGSUM_TRAIN_ROWS = 12460  # the `gpu` profile trains on all of DialogSum's training split
+
+
+@pytest.mark.parametrize("name", ["offline", "colab", "gpu"])
+def test_every_training_run_of_a_course_profile_makes_at_least_8_optimizer_steps(name):
+    from math import ceil
+
+    from utils.profiles import get_profile
+    from utils.rl_data import preference_pairs
+    from utils.training import MIN_OPTIMIZER_STEPS, batch_and_steps
+
+    profile = get_profile(name)
+    train_rows = profile.train_examples or DIALOGSUM_TRAIN_ROWS
+    slice_rows = min(train_rows, profile.sweep_train_examples)
+    ppo_updates_per_step = profile.ppo_batch_size // profile.ppo_mini_batch_size * profile.ppo_epochs
+    steps = {
+        "02 full, 03 LoRA, 04 prompt tuning, 05 QLoRA": batch_and_steps(profile, train_rows)[1],
+        "03 rank sweep, 03 topic adapter, 04 topic soft prompt": batch_and_steps(profile, slice_rows)[1],
+        "06 PPO": profile.ppo_steps * ppo_updates_per_step,
+        "06 PPO without KL penalty": profile.ppo_hacking_steps * ppo_updates_per_step,
+        "07 reward model": profile.reward_max_steps if profile.reward_max_steps > 0 else
+        ceil(ceil(len(preference_pairs("train")) / profile.batch_size) * profile.reward_epochs),
+    }
+
+    assert {run: count for run, count in steps.items() if count < MIN_OPTIMIZER_STEPS} == {}
+
+
+def test_a_small_slice_at_a_large_batch_gets_a_smaller_batch_instead_of_one_step():
+    from utils.profiles import get_profile
+    from utils.training import batch_and_steps
+
+    gpu = get_profile("gpu")  # batch 32, two epochs
+
+    assert batch_and_steps(gpu, 32) == (8, 8)
+    assert batch_and_steps(gpu, 12460) == (32, 780)
+    assert batch_and_steps(get_profile("tiny"), 32) == (4, 4)  # a fixed max_steps stays

@@ -49,23 +49,36 @@ class TrainingRun:
         return train, validation
 
 
-def total_steps(profile: Profile, examples: int, epochs: float | None = None) -> int:
-    """Optimizer steps the profile's settings give for `examples` training examples."""
+MIN_OPTIMIZER_STEPS = 8  # fewer updates than this show little of what a method does
+
+
+def batch_and_steps(profile: Profile, examples: int, epochs: float | None = None) -> tuple[int, int]:
+    """(batch size, optimizer steps) for `examples` training examples under the profile's settings.
+
+    A small slice at a large batch (notebook 03's rank sweep: 32 rows at the `gpu` batch of 32)
+    would train for one step: the batch then shrinks until the run makes at least
+    MIN_OPTIMIZER_STEPS updates, with the same passes over the data. A profile's `max_steps`
+    (the tiny and test sizes) is kept as it is.
+    """
     if profile.max_steps > 0:
-        return profile.max_steps
-    return math.ceil(math.ceil(examples / profile.batch_size) * (epochs or profile.epochs))
+        return profile.batch_size, profile.max_steps
+    epochs = epochs or profile.epochs
+    batch = profile.batch_size
+    if math.ceil(examples / batch) * epochs < MIN_OPTIMIZER_STEPS:
+        batch = max(1, math.floor(examples * epochs / MIN_OPTIMIZER_STEPS))
+    return batch, max(MIN_OPTIMIZER_STEPS, math.ceil(math.ceil(examples / batch) * epochs))
 
 
 def training_arguments(
-    profile: Profile, output_dir: Path, learning_rate: float, steps: int, **overrides
+    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None, **overrides
 ) -> TrainingArguments:
-    """TrainingArguments from the profile: four evaluations and checkpoints per run."""
+    """TrainingArguments from the profile (`batch_size` replaces its batch): four evaluations and checkpoints per run."""
     device = resolve_device(profile)
     dtype = resolve_dtype(profile)
     interval = max(1, math.ceil(steps / 4))
     settings = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=profile.batch_size,
+        per_device_train_batch_size=batch_size or profile.batch_size,
         per_device_eval_batch_size=profile.eval_batch_size,
         learning_rate=learning_rate,
         max_steps=steps,
@@ -159,8 +172,8 @@ def train(
     """
     keep_fp32_master_weights(model)
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
-    steps = total_steps(profile, len(train_dataset), epochs)
-    arguments = training_arguments(profile, output_dir, learning_rate, steps, **argument_overrides)
+    batch_size, steps = batch_and_steps(profile, len(train_dataset), epochs)
+    arguments = training_arguments(profile, output_dir, learning_rate, steps, batch_size, **argument_overrides)
     fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}")
     started = output_dir / STARTED
     if started.exists() and json.loads(started.read_text())["fingerprint"] != fingerprint:
@@ -191,7 +204,7 @@ def train(
     # Throughput in real (unpadded) tokens: mean example length x batch size x steps run here.
     mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
     steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
-    tokens_per_second = mean_tokens * profile.batch_size * steps_run / memory.seconds
+    tokens_per_second = mean_tokens * arguments.per_device_train_batch_size * steps_run / memory.seconds
     trainer.save_model(str(output_dir / "final"))
     history = trainer.state.log_history
     write_json_atomic(finished, {
