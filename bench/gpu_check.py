@@ -30,6 +30,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from utils.benchmark import timed_steps  # noqa: E402
 from utils.check_results import RESULTS_DOC, compare, recorded_figures  # noqa: E402
 from utils.hub_standins import FLAN_T5, seed_online_cache  # noqa: E402
 
@@ -128,23 +129,13 @@ def training_throughput(model_folder: Path, batch: int, source_tokens: int, targ
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    inputs = torch.randint(3, 32000 if vocab > 32000 else vocab, (batch, source_tokens), generator=generator)
-    labels = torch.randint(3, 32000 if vocab > 32000 else vocab, (batch, target_tokens), generator=generator)
+    inputs = torch.randint(3, min(vocab, 32000), (batch, source_tokens), generator=generator)
+    labels = torch.randint(3, min(vocab, 32000), (batch, target_tokens), generator=generator)
     inputs, labels = inputs.to(device), labels.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for step in range(steps + 1):  # step 0 warms up and is not timed
-        started = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=inputs, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step:
-            seconds.append(time.perf_counter() - started)
+    seconds, _ = timed_steps(model, {"input_ids": inputs, "labels": labels}, optimizer, steps, device,
+                             torch.bfloat16 if bf16 else None)
     per_step = sum(seconds) / len(seconds)
     encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
     decoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("decoder.", "lm_head.")))

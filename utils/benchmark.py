@@ -57,6 +57,28 @@ def weight_megabytes(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**20
 
 
+def timed_steps(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, steps: int,
+                device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[list[float], torch.Tensor]:
+    """Seconds of each of `steps` optimizer steps on `batch` after one untimed warm-up step, and the last loss.
+
+    The warm-up pays for allocations and kernel choices; on CUDA each step waits for the GPU to finish.
+    `autocast_dtype` computes under autocast in that dtype (mixed precision; the weights keep theirs).
+    """
+    seconds = []
+    for step in range(steps + 1):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step:
+            seconds.append(time.perf_counter() - started)
+    return seconds, loss
+
+
 def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_size: int | None = None) -> dict:
     """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
 
@@ -77,17 +99,7 @@ def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_
         model.train()
         trainable, total = count_parameters(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-        seconds = []
-        for step in range(steps + 1):  # step 0 warms up (allocations, kernel choices) and is not timed
-            started = time.perf_counter()
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step:
-                seconds.append(time.perf_counter() - started)
+        seconds, loss = timed_steps(model, batch, optimizer, steps, device)
     return {
         "method": method,
         "device": device.type,
