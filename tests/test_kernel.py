@@ -65,10 +65,11 @@ def test_make_lab_registers_the_kernel_and_opens_the_notebooks_folder():
 
 def test_every_nbval_run_uses_this_environment_not_the_kernel_the_notebooks_name():
     """Wherever nbval runs the notebooks (tests, workflows), the course kernel need not be registered."""
-    places = [ROOT / "tests" / "test_notebooks.py", *sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
+    places = [ROOT / "tests" / "conftest.py", ROOT / "bench" / "gpu_check.py",
+              *sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
     runs = [(path.name, line) for path in places for line in path.read_text().splitlines() if '--nbval-lax' in line]
 
-    assert runs  # tests/test_notebooks.py at least
+    assert {"conftest.py", "gpu_check.py"} <= {name for name, _ in runs}  # the tests' runs and the GPU check's
     for name, line in runs:
         assert "--nbval-current-env" in line, f"{name}: {line.strip()}"
 
