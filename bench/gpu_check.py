@@ -90,9 +90,7 @@ def offline_notebooks(selected: list[str], profile: str, work: Path) -> list[dic
                               capture_output=True, text=True, check=False)
         seconds[number] = (time.perf_counter() - started, done.returncode == 0)
     results = runs / profile / "results.json"
-    records = json.loads(results.read_text()) if results.exists() else []
-    if isinstance(records, dict):
-        records = records.get("records", [])
+    records = json.loads(results.read_text()) if results.exists() else []  # a list of records
     recorded = compare(recorded_figures(RESULTS_DOC.read_text(encoding="utf-8")), records, selected)
     figures = {(c.figure.notebook, c.figure.method, c.figure.variant, c.figure.name): c.figure.recorded
                for c in recorded if profile == "offline"}  # the recorded figures are the offline profile's

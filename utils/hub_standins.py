@@ -37,7 +37,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from utils.files import DATA_DIR
+from utils.data import BUNDLED_FOLDER, SPLITS, read_rows
 from utils.profiles import ONLINE_REWARD_BACKBONE, ONLINE_TOXICITY_CLASSIFIER
 
 FLAN_T5 = "google/flan-t5-base"
@@ -53,17 +53,13 @@ FLAN_T5_BASE_DIMENSIONS = dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, n
 SMALL_DIMENSIONS = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
 
 
-def bundled_texts() -> list[dict]:
-    """Rows of the bundled sample, every split (the stand-ins' only source of text)."""
-    rows = []
-    for split in ("train", "validation", "test"):
-        path = DATA_DIR / "dialogsum_sample" / f"{split}.jsonl"
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    return rows
+def bundled_rows(split: str) -> list[dict]:
+    """Rows of one split of the bundled sample (the stand-ins' only source of text)."""
+    return read_rows(BUNDLED_FOLDER / f"{split}.jsonl")
 
 
 def _corpus() -> list[str]:
-    return [text for row in bundled_texts() for text in (row["dialogue"], row["summary"])]
+    return [text for split in SPLITS for row in bundled_rows(split) for text in (row["dialogue"], row["summary"])]
 
 
 # --- the Hugging Face cache -----------------------------------------------------------------
@@ -158,9 +154,8 @@ def other_references(summary: str, topic: str) -> list[str]:
 def write_dialogsum(folder: Path) -> Path:
     """The Hub copy's CSV splits, written from the bundled sample: three rows per test dialogue."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "validation", "test"):
-        path = DATA_DIR / "dialogsum_sample" / f"{split}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    for split in SPLITS:
+        rows = bundled_rows(split)
         with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, fieldnames=["id", "dialogue", "summary", "topic"])
             writer.writeheader()
