@@ -25,7 +25,8 @@ import utils.runner
 from utils.models import ensure_tiny_model
 from utils.profiles import TINY_T5, get_profile
 from utils.results import record_result
-from utils.training import FINISHED, train
+from utils.run_state import FINISHED
+from utils.training import train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -68,8 +69,9 @@ def complete_checkpoints(folder):
 
 
 def ppo_checkpoint_step(folder):
-    state = folder / "checkpoint" / "state.json"
-    return json.loads(state.read_text())["step"] if state.exists() else 0
+    """The step of PPO's newest complete checkpoint (state.json is its last file), 0 for none."""
+    states = [json.loads(state.read_text())["step"] for state in folder.glob("checkpoint-*/state.json")]
+    return max(states, default=0)
 
 
 def train_here(method, profile_name="tiny"):

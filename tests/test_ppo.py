@@ -9,10 +9,17 @@ import torch
 from utils.adapters import add_lora
 from utils.models import load_model_and_tokenizer
 from utils.ppo import (
-    AdaptiveKLController,
-    FixedKLController,
     PolicyWithValueHead,
     PPOConfig,
+    prompt_indices,
+    response_logits_and_hidden,
+    response_mask_until_eos,
+    sample_responses,
+    train_ppo,
+)
+from utils.ppo_terms import (
+    AdaptiveKLController,
+    FixedKLController,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -22,11 +29,6 @@ from utils.ppo import (
     masked_mean,
     masked_whiten,
     per_token_kl,
-    prompt_indices,
-    response_logits_and_hidden,
-    response_mask_until_eos,
-    sample_responses,
-    train_ppo,
 )
 from utils.prompts import encode, instruction
 from utils.rewards import TokenShareReward
@@ -345,7 +347,7 @@ def test_a_longer_rerun_resumes_and_matches_a_run_never_interrupted(tiny_profile
     reward = CountingReward()
     policy, tokenizer = make_policy(tiny_profile)
     first = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=2), tmp_path / "run")
-    assert reward.batches == 2 and (tmp_path / "run" / "checkpoint" / "adapter_model.safetensors").exists()
+    assert reward.batches == 2 and (tmp_path / "run" / "checkpoint-2" / "adapter_model.safetensors").exists()
 
     policy, tokenizer = make_policy(tiny_profile)  # a new session: fresh model, same folder, more steps
     resumed = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=4), tmp_path / "run")

@@ -10,8 +10,8 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from utils.profiles import get_profile
+from utils.run_state import FINISHED
 from utils.reward_model import (
-    FINISHED,
     REWARD_LABEL,
     load_reward_model,
     minilm_folder,

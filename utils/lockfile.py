@@ -13,7 +13,6 @@ this module, which makes the lock portable and writes requirements/colab.txt:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from packaging.utils import canonicalize_name
 

@@ -1,18 +1,9 @@
-"""Proximal Policy Optimization (PPO) for a LoRA-adapted language model, written out term by term.
-
-The objective, for one batch of prompts and the responses the policy sampled for them:
-
-    reward_t   = -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))   (+ the sequence score on the last token)
-    advantage  = GAE(reward, value, gamma, lam)
-    loss       = policy clipped surrogate + value_loss_coef * value loss - entropy_coef * entropy
+"""Proximal Policy Optimization (PPO) for a LoRA-adapted language model: the policy, rollouts and the loop.
 
 pi is the model with its LoRA adapter, pi_ref the same network with the adapter switched off
 (no second copy of the model), and the value of each response position comes from a small
-linear head on the model's last hidden state.
-
-Tensors of per-token quantities have the shape (batch, response_length). Responses are
-right-padded, and `mask` is 1 for real response tokens (the end-of-sequence token included)
-and 0 for the padding after them.
+linear head on the model's last hidden state. The terms of the objective (KL-penalised
+rewards, GAE, the clipped losses) are in utils.ppo_terms.
 
 Use::
 
@@ -31,7 +22,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,162 +37,21 @@ from transformers import PreTrainedTokenizerBase
 
 from utils.files import atomic_directory, write_json_atomic
 from utils.generation import end_of_sequence_ids
+from utils.ppo_terms import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae_advantages,
+    kl_penalized_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    per_token_kl,
+)
 from utils.prompts import encode
-
-# --- the terms of the objective, as pure tensor functions ------------------------------------
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean over the real tokens only: sum(values * mask) / sum(mask) (over `dim`, or over everything)."""
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Variance over the real tokens: mean((values - mean(values))^2)."""
-    centred = values - masked_mean(values, mask)
-    return masked_mean(centred**2, mask)
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise the real tokens to mean 0 and variance 1: (x - mean) / sqrt(var + eps); padding becomes 0."""
-    whitened = (values - masked_mean(values, mask)) * torch.rsqrt(masked_var(values, mask) + eps)
-    return whitened * mask
-
-
-def logprobs_from_logits(
-    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """log pi(token_t) = log_softmax(logits_t)[token_t], per position (0 where `mask` is 0).
-
-    logits: (batch, length, vocab); tokens: (batch, length) -> (batch, length).
-    """
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return logprobs if mask is None else logprobs * mask
-
-
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Entropy of the next-token distribution, H = -sum_v p_v log p_v, per position (0 where `mask` is 0)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return entropy if mask is None else entropy * mask
-
-
-def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """KL estimate per sampled token (the "k1" estimator): log pi(a_t) - log pi_ref(a_t).
-
-    Its expectation over tokens sampled from pi is KL(pi || pi_ref); one sample can be negative.
-    """
-    kl = logprobs - ref_logprobs
-    return kl if mask is None else kl * mask
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last real token of each (right-padded) response."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return (positions * mask.long()).argmax(dim=1)
-
-
-def kl_penalized_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> torch.Tensor:
-    """Per-token rewards: r_t = -kl_coef * (log pi(a_t) - log pi_ref(a_t)), plus the score at the last real token.
-
-    scores: (batch,), one number per response from the reward model. Padding gets reward 0.
-    """
-    rewards = -kl_coef * per_token_kl(logprobs, ref_logprobs, mask)
-    last = last_token_index(mask)
-    rows = torch.arange(len(scores), device=rewards.device)
-    rewards[rows, last] += scores.to(rewards.dtype)
-    return rewards * mask
-
-
-def gae_advantages(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation, computed backwards from the last token.
-
-        delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last real token is 0)
-        A_t     = delta_t + gamma * lam * A_{t+1}
-        R_t     = A_t + V_t                            (the target of the value head)
-
-    Returns (advantages, returns), both 0 on padding.
-    """
-    rewards = rewards * mask
-    values = values * mask
-    length = rewards.shape[1]
-    advantages = torch.zeros_like(rewards)
-    next_advantage = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, t])
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        advantages[:, t] = next_advantage
-    returns = (advantages + values) * mask
-    return advantages, returns
-
-
-def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PPO clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
-
-    ratio = pi(a_t) / pi_old(a_t) = exp(logprobs - old_logprobs). Taking the larger loss (the
-    pessimistic bound) means a token stops pushing once its ratio left [1 - eps, 1 + eps] in the
-    direction its advantage favours. Returns (loss, clip_fraction): the share of tokens where the
-    clipped term was the larger one, so their gradient is zero.
-    """
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-    return loss, clip_fraction
-
-
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2).
-
-    Returns (loss, clip_fraction): the share of tokens where the clipped error was the larger one.
-    """
-    clipped_values = torch.max(torch.min(values, old_values + clip_range), old_values - clip_range)
-    unclipped_error = (values - returns) ** 2
-    clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
-    clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
-    return loss, clip_fraction
-
-
-class FixedKLController:
-    """A KL coefficient that never changes (0.0 switches the KL penalty off)."""
-
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Nothing to adapt."""
-
-
-class AdaptiveKLController:
-    """The adaptive KL coefficient of Ziegler et al. (2019), aiming the KL at `target`:
-
-        error = clip(current_kl / target - 1, -0.2, 0.2)
-        coef  = coef * (1 + error * n_steps / horizon)
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value = init_kl_coef
-        self.target = target
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Raise the coefficient when the KL is above target, lower it when below; `n_steps`: samples seen."""
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-
+from utils.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
 
 # --- the policy: a LoRA model plus a value head ------------------------------------------------
 
@@ -449,9 +298,6 @@ def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> lis
 
 # --- training ---------------------------------------------------------------------------------
 
-CHECKPOINT = "checkpoint"  # the folder holding the last checkpoint of a run
-
-
 @dataclass
 class PPOResult:
     """What a PPO run produced: the trained policy and one log record per step."""
@@ -493,36 +339,7 @@ def run_fingerprint(
     }
     if reward_prompts is not None:
         identity["reward_prompts"] = hashlib.sha256("\x00".join(reward_prompts).encode("utf-8")).hexdigest()
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state().tolist(),
-        "python": _as_lists(random.getstate()),
-        "numpy": _as_lists(np.random.get_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _as_lists(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, list)):
-        return [_as_lists(v) for v in value]
-    return value
-
-
-def _restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    return fingerprint(identity)
 
 
 def save_checkpoint(
@@ -533,7 +350,7 @@ def save_checkpoint(
         save_file(get_peft_model_state_dict(policy.model), str(staging / "adapter_model.safetensors"))
         save_file(policy.value_head.state_dict(), str(staging / "value_head.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        write_json_atomic(staging / "state.json", state)
+        write_json_atomic(staging / CHECKPOINT_STATE, state)
 
 
 def load_checkpoint(folder: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer | None) -> None:
@@ -545,9 +362,12 @@ def load_checkpoint(folder: Path, policy: PolicyWithValueHead, optimizer: torch.
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
 
 
-def read_checkpoint_state(output_dir: Path) -> dict | None:
-    path = Path(output_dir) / CHECKPOINT / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
+CHECKPOINT_STATE = "state.json"  # the file a PPO checkpoint writes last
+
+
+def read_checkpoint_state(checkpoint: Path | None) -> dict | None:
+    """The run state (step, history, KL coefficient, RNG) a checkpoint holds, or None for no checkpoint."""
+    return json.loads((checkpoint / CHECKPOINT_STATE).read_text()) if checkpoint else None
 
 
 @torch.no_grad()
@@ -680,7 +500,9 @@ def train_ppo(
     output_dir = Path(output_dir)
     if reward_prompts is not None and len(reward_prompts) != len(prompts):
         raise ValueError(f"{len(reward_prompts)} reward prompts for {len(prompts)} prompts: give one per prompt.")
-    fingerprint = run_fingerprint(policy, tokenizer, reward_fn, prompts, config, reward_prompts)
+    run = RunFolder(output_dir, run_fingerprint(policy, tokenizer, reward_fn, prompts, config, reward_prompts),
+                    "PPO run")
+    run.claim()
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -688,23 +510,26 @@ def train_ppo(
     history: list[dict] = []
     start_step = 0
 
-    state = read_checkpoint_state(output_dir)
-    if state is not None and (state["fingerprint"] != fingerprint or state["step"] > config.steps):
-        # Checkpoints of other settings (or of a longer run): never continue them.
-        print(f"{output_dir} holds a different PPO run; starting afresh.")
-        shutil.rmtree(output_dir)
-        state = None
-    if state is not None and state["step"] == config.steps:
-        load_checkpoint(output_dir / CHECKPOINT, policy, optimizer=None)
+    last = run.last_checkpoint(CHECKPOINT_STATE)
+    state = read_checkpoint_state(last)
+    if state is not None and state["step"] > config.steps:
+        print(f"{output_dir} holds a longer PPO run ({state['step']} steps); starting afresh.")
+        run.discard()
+        run.claim()
+        last = state = None
+    finished = run.finished()
+    if finished is not None and finished["steps"] == config.steps and state is not None:
+        load_checkpoint(last, policy, optimizer=None)
         print(f"Reusing the finished PPO run in {output_dir} (delete the folder to train again).")
         return PPOResult(policy, output_dir, state["history"], reused=True, resumed_from=state["step"])
+    run.reopen()  # a finished shorter run goes on from its last checkpoint
     if state is not None:
-        load_checkpoint(output_dir / CHECKPOINT, policy, optimizer)
+        load_checkpoint(last, policy, optimizer)
         print(f"Resuming from step {state['step']}")
         start_step = state["step"]
         history = state["history"]
         kl_controller.value = state["kl_coef"]
-        _restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -726,7 +551,9 @@ def train_ppo(
         if callback is not None:
             callback(record)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            run_state = {"fingerprint": fingerprint, "step": step + 1, "kl_coef": kl_controller.value,
-                         "history": history, "rng": _rng_state()}
-            save_checkpoint(output_dir / CHECKPOINT, policy, optimizer, run_state)
+            run_state = {"step": step + 1, "kl_coef": kl_controller.value, "history": history, "rng": rng_state()}
+            checkpoint = run.checkpoint_folder(step + 1)
+            save_checkpoint(checkpoint, policy, optimizer, run_state)
+            run.keep_only(checkpoint)
+    run.finish({"steps": config.steps})
     return PPOResult(policy, output_dir, history, reused=False, resumed_from=start_step)

