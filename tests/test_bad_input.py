@@ -3,7 +3,7 @@ no traceback, and nothing already written is overwritten.
 
 `python -m utils ...` runs as a real subprocess where the command is what the user types (`make run`
 calls `prepare` and `run`); about 10-20 s each on a loaded 2-core machine. Cases that need a
-pretend machine (no bitsandbytes, a full disk) go through the same entry point, `utils.__main__.main`,
+pretend machine (no bitsandbytes, a full disk) go through the same entry point, `utils.apps.cli.main`,
 in this process with monkeypatch. Already tested elsewhere: check-data's every problem and an
 unknown profile for check-data (test_check_data.py), the Hub check (test_hub.py), a checkpoint
 folder of another model (test_interruption.py).
@@ -21,12 +21,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import utils.files
+import utils.plumbing.files
 import utils.quantization
-from utils.__main__ import main
+from utils.apps.cli import main
 from utils.data import load_profile_data
-from utils.files import DiskSpaceError
-from utils.hub import HubUnreachableError, hub_reachable
+from utils.plumbing.files import DiskSpaceError
+from utils.plumbing.hub import HubUnreachableError, hub_reachable
 from utils.models import SMOLLM2_PACKAGE, ensure_smollm2, ensure_tiny_model
 from utils.profiles import DIALOGSUM_HUB, TINY_T5, get_profile
 from utils.quantization import QuantizationUnavailable, bitsandbytes_problem, load_4bit_model
@@ -69,7 +69,7 @@ def one_error_line(stdout, stderr):
 
 @pytest.fixture
 def in_process(monkeypatch, capsys):
-    """`python -m utils ARGUMENTS` through utils.__main__.main here: (exit code, the error line)."""
+    """`python -m utils ARGUMENTS` through utils.apps.cli.main here: (exit code, the error line)."""
 
     def run(*arguments, **environment):
         for name, value in environment.items():
@@ -220,7 +220,7 @@ def nearly_full_disk(tmp_path, monkeypatch):
     """An empty COURSE_CACHE_DIR on a disk with 5 MB free."""
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     total, free = 100 * 2**30, 5 * 2**20
-    monkeypatch.setattr(utils.files.shutil, "disk_usage",
+    monkeypatch.setattr(utils.plumbing.files.shutil, "disk_usage",
                         lambda path: SimpleNamespace(total=total, used=total - free, free=free))
     return tmp_path / "cache"
 

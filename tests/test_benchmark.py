@@ -2,7 +2,7 @@
 
 import pytest
 
-from utils.benchmark import TRAINING_METHODS, compare_training_methods, measure_training_steps, model_for_method
+from utils.apps.benchmark import TRAINING_METHODS, compare_training_methods, measure_training_steps, model_for_method
 from utils.models import load_tokenizer
 
 

@@ -3,7 +3,7 @@
 Starting `python -m utils` costs about 8 s of imports (torch, transformers) on a 2-core machine,
 so the command runs as a real subprocess for the good file, for a file holding every kind of
 row problem at once, and for a bad profile; each single problem is checked through the same
-entry point, `utils.__main__.main`, in this process (same code, same output, same exit code).
+entry point, `utils.apps.cli.main`, in this process (same code, same output, same exit code).
 """
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.__main__ import USER_ERROR, main
+from utils.apps.cli import USER_ERROR, main
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HELLO = "#Person1#: Hello, how are you?\n#Person2#: Fine, thanks."
@@ -32,7 +32,7 @@ def check_data_command(*arguments, profile="tiny"):
 
 @pytest.fixture
 def check_data(monkeypatch, capsys):
-    """The same command through utils.__main__.main in this process: (exit code, output lines)."""
+    """The same command through utils.apps.cli.main in this process: (exit code, output lines)."""
     monkeypatch.setenv("COURSE_PROFILE", "tiny")
 
     def run(*arguments):

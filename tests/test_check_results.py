@@ -2,8 +2,14 @@
 
 import pytest
 
-from utils.check_results import RESULTS_DOC, Figure, check, compare, recorded_figures
-from utils.runner import notebook_paths
+from utils.apps.check_results import (
+    RESULTS_DOC,
+    Figure,
+    check,
+    compare,
+    recorded_figures,
+)
+from utils.apps.runner import notebook_paths
 
 DOC = """# Results
 

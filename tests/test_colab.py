@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from utils.__main__ import main
-from utils.colab import (
+from utils.apps.cli import main
+from utils.apps.colab import (
     BADGE_IMAGE,
     CELL_ID,
     COLAB_FOLDER,

@@ -11,8 +11,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from utils.apps.torch_index import CPU_INDEX, locked_torch
 from utils.models import SMOLLM2_INSTALL
-from utils.torch_index import CPU_INDEX, locked_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda's name -> the PyPI name pyproject uses

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from utils.files import PROJECT_ROOT
+from utils.plumbing.files import PROJECT_ROOT
 
 
 def test_the_gpu_check_dry_run_writes_its_three_tables(tmp_path):

@@ -1,6 +1,6 @@
 """Online profiles without the Hub: what the local Hugging Face cache holds is used, what it lacks is named.
 
-The cache is seeded the way `hf download` leaves it, with the stand-ins of utils/hub_standins.py
+The cache is seeded the way `hf download` leaves it, with the stand-ins of utils/apps/hub_standins.py
 under the real repository ids. Each command runs as a user runs it, in its own process with
 HF_HOME and HF_HUB_OFFLINE=1 set, because huggingface_hub reads the cache's location once, when
 it is imported.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from utils.files import PROJECT_ROOT
-from utils.hub_standins import DIALOGSUM as DATASET
-from utils.hub_standins import FLAN_T5 as MODEL
-from utils.hub_standins import seed_online_cache, seed_repository, write_dialogsum, write_flan_t5
+from utils.plumbing.files import PROJECT_ROOT
+from utils.apps.hub_standins import DIALOGSUM as DATASET
+from utils.apps.hub_standins import FLAN_T5 as MODEL
+from utils.apps.hub_standins import seed_online_cache, seed_repository, write_dialogsum, write_flan_t5
 from utils.profiles import ONLINE_REWARD_BACKBONE, ONLINE_TOXICITY_CLASSIFIER
 
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 import transformers
 
-import utils.runner
+import utils.apps.runner
 from utils.models import ensure_tiny_model
+from utils.plumbing.results import record_result
+from utils.plumbing.run_state import FINISHED
 from utils.profiles import TINY_T5, get_profile
-from utils.results import record_result
-from utils.run_state import FINISHED
 from utils.training import train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ def test_a_model_build_killed_half_way_leaves_no_model_folder_and_the_next_build
 def test_results_json_parses_after_every_kill_in_the_middle_of_writing_it(isolated_runs):
     """A process rewrites results.json (about 2 MB) as fast as it can; kill it at twenty moments."""
     code = ("import itertools\n"
-            "from utils.results import record_result\n"
+            "from utils.plumbing.results import record_result\n"
             "for i in itertools.count():\n"
             "    record_result('tiny', f'nb{i % 50:02d}', 'full', 'tiny:t5', note='x' * 40000, step=i)\n"
             "    print(i, flush=True)\n")
@@ -324,7 +324,7 @@ def two_notebooks(tmp_path, monkeypatch):
     log, flag = tmp_path / "ran.log", tmp_path / "flag"
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FAKE_FLAG", str(flag))
-    monkeypatch.setattr(utils.runner, "NOTEBOOKS_DIR", folder)
+    monkeypatch.setattr(utils.apps.runner, "NOTEBOOKS_DIR", folder)
 
     def make(second_action):
         fake_notebook(folder, "01_first.ipynb", LOG_RUN.format(name="01"))
@@ -337,11 +337,11 @@ def two_notebooks(tmp_path, monkeypatch):
 def test_a_rerun_after_a_failed_notebook_runs_only_that_notebook(two_notebooks):
     ran, flag = two_notebooks("raise RuntimeError('the flag is missing')")
     profile = get_profile("tiny")
-    assert utils.runner.run_course(profile) is False
+    assert utils.apps.runner.run_course(profile) is False
     assert ran() == ["01", "02"]
     flag.touch()
 
-    assert utils.runner.run_course(profile) is True
+    assert utils.apps.runner.run_course(profile) is True
 
     assert ran() == ["01", "02", "02"]
 
@@ -349,11 +349,11 @@ def test_a_rerun_after_a_failed_notebook_runs_only_that_notebook(two_notebooks):
 def test_a_rerun_after_the_runner_was_killed_runs_only_the_unfinished_notebooks(two_notebooks, isolated_runs,
                                                                                   tmp_path):
     ran, flag = two_notebooks("time.sleep(0.1)")  # 02 waits for the flag: it is running when killed
-    code = ("import sys, utils.runner\n"
+    code = ("import sys, utils.apps.runner\n"
             "from pathlib import Path\n"
             "from utils.profiles import get_profile\n"
-            "utils.runner.NOTEBOOKS_DIR = Path(sys.argv[1])\n"
-            "utils.runner.run_course(get_profile('tiny'))\n")
+            "utils.apps.runner.NOTEBOOKS_DIR = Path(sys.argv[1])\n"
+            "utils.apps.runner.run_course(get_profile('tiny'))\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "notebooks")], cwd=PROJECT_ROOT,
                                env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # its kernels too: the whole group is killed
@@ -370,7 +370,7 @@ def test_a_rerun_after_the_runner_was_killed_runs_only_the_unfinished_notebooks(
     assert list(status) == ["01_first"] and status["01_first"]["status"] == "done"
     flag.touch()
 
-    assert utils.runner.run_course(get_profile("tiny")) is True
+    assert utils.apps.runner.run_course(get_profile("tiny")) is True
 
     assert ran() == ["01", "02", "02"]
 
@@ -379,9 +379,9 @@ def test_redo_runs_every_notebook_again(two_notebooks):
     ran, flag = two_notebooks("raise RuntimeError('the flag is missing')")
     flag.touch()
     profile = get_profile("tiny")
-    utils.runner.run_course(profile)
+    utils.apps.runner.run_course(profile)
 
-    utils.runner.run_course(profile, redo=True)
+    utils.apps.runner.run_course(profile, redo=True)
 
     assert ran() == ["01", "02", "01", "02"]
 
@@ -390,9 +390,9 @@ def test_a_finished_notebook_that_was_edited_runs_again(two_notebooks, tmp_path)
     ran, flag = two_notebooks("raise RuntimeError('the flag is missing')")
     flag.touch()
     profile = get_profile("tiny")
-    utils.runner.run_course(profile)
+    utils.apps.runner.run_course(profile)
     fake_notebook(tmp_path / "notebooks", "01_first.ipynb", LOG_RUN.format(name="01-edited"))
 
-    utils.runner.run_course(profile)
+    utils.apps.runner.run_course(profile)
 
     assert ran() == ["01", "02", "01-edited"]

@@ -18,7 +18,7 @@ import pytest
 import requests
 import websocket
 
-from utils.kernel import KERNEL_DISPLAY_NAME, KERNEL_NAME, install_course_kernel
+from utils.apps.kernel import KERNEL_DISPLAY_NAME, KERNEL_NAME, install_course_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

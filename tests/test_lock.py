@@ -10,8 +10,15 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from utils.colab import colab_cell_source
-from utils.lockfile import COLAB, LOCK, colab_constraints, pins, portable, required_by
+from utils.apps.colab import colab_cell_source
+from utils.apps.lockfile import (
+    COLAB,
+    LOCK,
+    colab_constraints,
+    pins,
+    portable,
+    required_by,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TEXT = LOCK.read_text(encoding="utf-8")

@@ -2,7 +2,7 @@
 
 Every notebook runs with nbval in `colab` and in `gpu` at test sizes (COURSE_SMOKE=1, on the CPU
 here), against stand-ins of google/flan-t5-base, knkarthick/dialogsum and the two RoBERTa
-repositories (utils/hub_standins.py says what they copy and what they cannot).
+repositories (utils/apps/hub_standins.py says what they copy and what they cannot).
 
 Why a seeded cache rather than a local Hub server: a learner without the Hub (a plane, a cluster
 node, HF_HUB_OFFLINE=1) runs from the Hugging Face cache, so that is the path worth testing; the
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import run_notebook_with_nbval
 
-from utils.hub_standins import DIALOGSUM, FLAN_T5, T5_EMBEDDINGS, T5_SENTINELS, seed_online_cache
+from utils.apps.hub_standins import DIALOGSUM, FLAN_T5, T5_EMBEDDINGS, T5_SENTINELS, seed_online_cache
 from utils.profiles import ONLINE_REWARD_BACKBONE, ONLINE_TOXICITY_CLASSIFIER
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))

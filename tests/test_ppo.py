@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from scripts.token_share_reward import TokenShareReward
 
 from utils.adapters import add_lora
 from utils.models import load_model_and_tokenizer
@@ -31,7 +32,6 @@ from utils.ppo_terms import (
     per_token_kl,
 )
 from utils.prompts import encode, instruction
-from utils.rewards import TokenShareReward
 
 EPS = 0.2
 

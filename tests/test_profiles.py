@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import utils.hub
+import utils.plumbing.hub
 import utils.profiles
-from utils.hub import hub_reachable
+from utils.plumbing.hub import hub_reachable
 from utils.profiles import (
     DECODER_ONLY,
     ENCODER_DECODER,
@@ -34,7 +34,7 @@ def machine(monkeypatch):
     def pretend(colab=False, cuda=False, hub=False):
         monkeypatch.setattr(utils.profiles, "in_colab", lambda: colab)
         monkeypatch.setattr(utils.profiles, "cuda_available", lambda: cuda)
-        monkeypatch.setattr(utils.hub, "hub_reachable", lambda *args, **kwargs: hub)
+        monkeypatch.setattr(utils.plumbing.hub, "hub_reachable", lambda *args, **kwargs: hub)
 
     return pretend
 
@@ -223,3 +223,42 @@ def test_the_online_profiles_name_the_hub_repositories_they_load():
     assert ("google/flan-t5-base", "model") in repos and ("knkarthick/dialogsum", "dataset") in repos
     assert len(repos) == 4
     assert hub_repos(get_profile("offline")) == []
+
+
+# --- configs/profiles.toml --------------------------------------------------------------------
+
+
+def write_profiles(tmp_path, text):
+    path = tmp_path / "profiles.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_profile_like_another_changes_only_what_it_writes(tmp_path):
+    offline = PROFILES["offline"]
+    lines = [f"{key} = {value!r}".replace("'", '"').replace("True", "true").replace("False", "false")
+             for key, value in vars(offline).items()
+             if key not in ("name", "data_label", "sweep_ranks", "test_examples")]
+    text = "[base]\n" + "\n".join(lines) + '\nsweep_ranks = [2, 8]\ntest_examples = "all"\n'
+    text += '\n[bigger]\nlike = "base"\nbatch_size = 32\n'
+
+    profiles = utils.profiles.read_profiles(write_profiles(tmp_path, text))
+
+    assert profiles["base"].sweep_ranks == (2, 8) and profiles["base"].test_examples is None  # "all": every row
+    assert profiles["bigger"].batch_size == 32 and profiles["bigger"].name == "bigger"
+    assert profiles["bigger"].full_learning_rate == offline.full_learning_rate
+
+
+def test_a_misspelt_setting_is_a_profile_error_naming_it(tmp_path):
+    path = write_profiles(tmp_path, '[tiny2]\nlike = "tiny"\n')  # like a profile not in this file
+    with pytest.raises(ProfileError, match="not written above it"):
+        utils.profiles.read_profiles(path)
+    path = write_profiles(tmp_path, '[mine]\ndescription = "x"\nbatch_sise = 4\n')
+    with pytest.raises(ProfileError, match=r"'mine' has unknown settings \['batch_sise'\]"):
+        utils.profiles.read_profiles(path)
+
+
+def test_a_missing_setting_is_a_profile_error_naming_the_profile(tmp_path):
+    path = write_profiles(tmp_path, '[mine]\ndescription = "x"\n')
+    with pytest.raises(ProfileError, match="profile 'mine'.*missing"):
+        utils.profiles.read_profiles(path)

@@ -14,7 +14,7 @@ from utils.quantization import (
     nf4_round_trip_error,
     qlora_training_overrides,
 )
-from utils.benchmark import weight_megabytes
+from utils.apps.benchmark import weight_megabytes
 from utils.models import count_parameters, load_model
 
 

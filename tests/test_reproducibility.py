@@ -13,8 +13,8 @@ import pytest
 import torch
 import transformers
 
-from utils.__main__ import main
-from utils.results import record_result
+from utils.apps.cli import main
+from utils.plumbing.results import record_result
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "train_method.py"

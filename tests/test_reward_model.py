@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from utils.profiles import get_profile
-from utils.run_state import FINISHED
+from utils.plumbing.run_state import FINISHED
 from utils.reward_model import (
     REWARD_LABEL,
     load_reward_model,

@@ -5,17 +5,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from scripts.token_share_reward import TokenShareReward
 from transformers import BertConfig, BertForSequenceClassification
 
 import utils.rewards
-from utils.hub import HubUnreachableError
 from utils.models import build_tiny_tokenizer, load_tokenizer
+from utils.plumbing.hub import HubUnreachableError
 from utils.profiles import get_profile
 from utils.rewards import (
     DEFAULT_CLASSIFIER,
     ClassifierScorer,
     ProfanityScorer,
-    TokenShareReward,
     make_scorer,
 )
 

@@ -10,8 +10,8 @@ import random
 import numpy as np
 import torch
 
-from utils.files import atomic_directory
-from utils.run_state import FINISHED, STARTED, RunFolder, fingerprint, restore_rng_state, rng_state
+from utils.plumbing.files import atomic_directory
+from utils.plumbing.run_state import FINISHED, STARTED, RunFolder, fingerprint, restore_rng_state, rng_state
 
 
 def test_the_fingerprint_changes_with_settings_identity_and_data_and_nothing_else():

@@ -5,8 +5,8 @@ import sys
 import nbformat
 import pytest
 
+from utils.apps.runner import kernel_manager_config, run_notebook
 from utils.profiles import get_profile
-from utils.runner import kernel_manager_config, run_notebook
 
 TCP_WARNING = "without encryption"
 

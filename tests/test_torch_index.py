@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-import utils.torch_index as torch_index
-from utils.torch_index import CPU_INDEX, Machine, choose_torch_install, locked_torch
+import utils.apps.torch_index as torch_index
+from utils.apps.torch_index import (
+    CPU_INDEX,
+    Machine,
+    choose_torch_install,
+    locked_torch,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN = "torch==2.13.0"
@@ -101,4 +106,4 @@ def test_an_unreachable_address_is_reported_as_unreachable_quickly():
 def test_the_makefile_installs_torch_through_this_module_before_the_lock():
     makefile = (ROOT / "Makefile").read_text()
 
-    assert makefile.index("-m utils.torch_index $(LOCK)") < makefile.index('-c $(LOCK) -e ".[dev]"')
+    assert makefile.index("-m utils.apps.torch_index $(LOCK)") < makefile.index('-c $(LOCK) -e ".[dev]"')

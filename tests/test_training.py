@@ -6,7 +6,7 @@ import torch
 from utils.data import load_profile_data, tokenize_for_training, training_collator
 from utils.metrics import perplexity
 from utils.models import load_model_and_tokenizer
-from utils.run_state import FINISHED
+from utils.plumbing.run_state import FINISHED
 from utils.training import train
 
 HIGH_LEARNING_RATE = 1e-2

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from utils.hub import require_hub_or_cache
 from utils.models import describe_model, resolve_device, resolve_dtype
+from utils.plumbing.hub import require_hub_or_cache
+from utils.plumbing.results import record_result
 from utils.profiles import Profile, choose_profile, hub_repos, with_overrides
-from utils.results import record_result
 
 
 def configure_threads() -> int:
@@ -83,6 +83,8 @@ def start(notebook: str) -> Course:
     course = Course(notebook=notebook, profile=profile, reason=reason)
     print(f"Profile : {profile.name} ({reason})")
     print(f"          {profile.description}")
+    if profile.cost:
+        print(f"Needs   : {profile.cost}")
     print(f"Model   : {course.model_name} [{profile.family}]")
     print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')}, {threads} CPU threads")

@@ -12,8 +12,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from utils.files import DATA_DIR
-from utils.hub import HubRepo, hub_or_cache
+from utils.plumbing.files import DATA_DIR
+from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import BUNDLED_DATA, Profile
 from utils.prompts import DEFAULT_TEMPLATE, encode, instruction, model_input
 

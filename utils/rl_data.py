@@ -14,7 +14,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from utils.data import DataError, read_numbered_rows
-from utils.files import DATA_DIR
+from utils.plumbing.files import DATA_DIR
 
 DETOX_FOLDER = DATA_DIR / "detox"
 DETOX_SPLITS = ("train", "test")

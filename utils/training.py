@@ -15,14 +15,19 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
 
 from utils.data import training_collator
-from utils.files import runs_dir
-from utils.measure import PeakMemory
 from utils.models import resolve_device, resolve_dtype
+from utils.plumbing.files import runs_dir
+from utils.plumbing.measure import PeakMemory
+from utils.plumbing.run_state import RunFolder, checkpoint_step, fingerprint
 from utils.profiles import Profile
-from utils.run_state import RunFolder, checkpoint_step, fingerprint
 
 
 @dataclass
@@ -64,37 +69,45 @@ def batch_and_steps(profile: Profile, examples: int, epochs: float | None = None
     return batch, max(MIN_OPTIMIZER_STEPS, math.ceil(math.ceil(examples / batch) * epochs))
 
 
-def training_arguments(
-    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None, **overrides
-) -> TrainingArguments:
-    """TrainingArguments from the profile (`batch_size` replaces its batch): four evaluations and checkpoints per run."""
-    device = resolve_device(profile)
-    dtype = resolve_dtype(profile)
+def trainer_settings(
+    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int, eval_batch_size: int,
+    evaluate: bool = True,
+) -> dict:
+    """The Trainer arguments every course training shares (supervised and reward model): linear decay,
+    four evaluations and checkpoints per run, the profile's device, precision and seed, no reporting."""
     interval = max(1, math.ceil(steps / 4))
-    settings = dict(
+    return dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size or profile.batch_size,
-        per_device_eval_batch_size=profile.eval_batch_size,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size,
         learning_rate=learning_rate,
         max_steps=steps,
         weight_decay=0.01,
         warmup_steps=steps // 10 if steps >= 20 else 0,  # a warm-up step runs at lr 0: none on short runs
         lr_scheduler_type="linear",
-        eval_strategy="steps",
+        eval_strategy="steps" if evaluate else "no",
         eval_steps=interval,
         logging_steps=1,
         save_strategy="steps",
         save_steps=interval,
         save_total_limit=1,  # the newest checkpoint is all a resume needs
-        train_sampling_strategy="group_by_length",  # similar lengths per batch: less padding, faster steps
         report_to="none",
-        use_cpu=device.type == "cpu",
-        bf16=dtype == torch.bfloat16,
+        use_cpu=resolve_device(profile).type == "cpu",
+        bf16=resolve_dtype(profile) == torch.bfloat16,
         seed=profile.seed,
         data_seed=profile.seed,
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
     )
+
+
+def training_arguments(
+    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None, **overrides
+) -> TrainingArguments:
+    """TrainingArguments from the profile (`batch_size` replaces its batch): four evaluations and checkpoints per run."""
+    settings = trainer_settings(profile, output_dir, learning_rate, steps, batch_size or profile.batch_size,
+                                profile.eval_batch_size)
+    settings["train_sampling_strategy"] = "group_by_length"  # similar lengths per batch: less padding, faster steps
     settings.update(overrides)
     return TrainingArguments(**settings)
 

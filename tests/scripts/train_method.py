@@ -18,7 +18,7 @@ import time
 import torch
 import transformers
 
-from utils.benchmark import model_for_method
+from utils.apps.benchmark import model_for_method
 from utils.data import load_profile_data, tokenize_for_training
 from utils.models import load_tokenizer
 from utils.profiles import get_profile
@@ -75,11 +75,12 @@ def train_supervised(profile, method: str, evaluate: bool) -> dict:
 
 
 def train_ppo_policy(profile) -> dict:
+    from token_share_reward import TokenShareReward  # beside this script
+
     from utils.adapters import add_lora
     from utils.models import load_model
     from utils.ppo import PolicyWithValueHead, PPOConfig, train_ppo
     from utils.prompts import instruction
-    from utils.rewards import TokenShareReward
 
     tokenizer = load_tokenizer(profile)
     prompts = [instruction(d) for d in load_profile_data(profile)["train"]["dialogue"][:8]]

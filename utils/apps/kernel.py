@@ -1,10 +1,10 @@
 """The course's Jupyter kernel: the Python of `.venv`, under a name of its own.
 
-`make lab` runs `python -m utils.kernel`, which registers the kernel inside the environment
+`make lab` runs `python -m utils.apps.kernel`, which registers the kernel inside the environment
 (like `ipykernel install --sys-prefix`), where the environment's own `jupyter` finds it, and
 JupyterLab then opens every notebook with it: the notebooks' metadata name this kernel.
 
-The headless tools never depend on it being registered: `make run` (utils/runner.py) asks for
+The headless tools never depend on it being registered: `make run` (utils/apps/runner.py) asks for
 the `python3` kernel, which jupyter_client always resolves to the Python running it, and the
 nbval tests run the notebooks in the pytest process's own environment (`--nbval-current-env`).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from utils.files import write_text_atomic
+from utils.plumbing.files import write_text_atomic
 
 KERNEL_NAME = "finetuning-course"
 KERNEL_DISPLAY_NAME = "Python (fine-tuning course)"

@@ -7,7 +7,7 @@ this module, which makes the lock portable and writes requirements/colab.txt:
   a GPU machine gets the CUDA build of the same release;
 - Colab keeps its own torch: colab.txt is the lock without torch and without what only torch needs.
 
-    .venv/bin/python -m utils.lockfile
+    .venv/bin/python -m utils.apps.lockfile
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 
 from packaging.utils import canonicalize_name
 
-from utils.files import PROJECT_ROOT, write_text_atomic
+from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
 
 LOCK = PROJECT_ROOT / "requirements" / "lock.txt"
 COLAB = PROJECT_ROOT / "requirements" / "colab.txt"
@@ -24,7 +24,7 @@ COLAB_KEEPS = {"torch"}  # Colab's preinstalled build, matched to its CUDA
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 COLAB_HEADER = (
     "# The lock (requirements/lock.txt) without torch and what only torch needs: Colab keeps its own torch.\n"
-    "# Written by `make lock` (python -m utils.lockfile); do not edit.\n"
+    "# Written by `make lock` (python -m utils.apps.lockfile); do not edit.\n"
 )
 
 

@@ -16,8 +16,8 @@ import torch
 
 from utils.adapters import add_lora, add_prompt_tuning
 from utils.data import load_profile_data, tokenize_for_training, training_collator
-from utils.measure import PeakMemory
 from utils.models import count_parameters, load_model, load_tokenizer, resolve_device
+from utils.plumbing.measure import PeakMemory
 from utils.profiles import Profile
 from utils.prompts import SOFT_PROMPT_INIT_TEXT
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 
-from utils.files import PROJECT_ROOT, write_text_atomic
+from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
 
 CELL_ID = "colab-setup"
 COLAB_FOLDER = "/content/finetuning-course"  # where the cell clones the course in Colab

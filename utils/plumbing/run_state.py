@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.files import write_json_atomic
+from utils.plumbing.files import write_json_atomic
 
 STARTED = "training.json"  # which configuration the checkpoints in a folder belong to
 FINISHED = "finished.json"  # what a run that ended measured
@@ -90,7 +90,7 @@ class RunFolder:
         """
         if not self.path.exists():
             return None
-        for staging in self.path.glob(f".{CHECKPOINT_PREFIX}*.partial-*"):  # utils.files.atomic_directory's
+        for staging in self.path.glob(f".{CHECKPOINT_PREFIX}*.partial-*"):  # utils.plumbing.files.atomic_directory's
             print(f"Deleting {staging}, a checkpoint interrupted while it was being written.")
             shutil.rmtree(staging, ignore_errors=True)
         complete = []

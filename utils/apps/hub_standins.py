@@ -5,7 +5,7 @@ online profiles run there against small repositories built here, under the real 
 with the real repositories' structure, and seeded into a cache the way `hf download` leaves it
 (`<HF_HOME>/hub/<type>s--<org>--<name>/refs/main` naming a commit, the files under
 `snapshots/<commit>/`). With `HF_HUB_OFFLINE=1` the course then loads them through its normal
-code path (utils.hub.hub_or_cache), exactly as a learner's cache would be used on a plane.
+code path (utils.plumbing.hub.hub_or_cache), exactly as a learner's cache would be used on a plane.
 
 What each stand-in copies, and what it cannot:
 - google/flan-t5-base: T5 v1.1 (gated-GELU feed-forward, untied LM head, relative attention with
@@ -25,7 +25,7 @@ What each stand-in copies, and what it cannot:
   notebook 07 loads it, as with the real one), with the same kind of tokenizer and tokenizer.json.
   Both RoBERTas are 2 layers of width 32 with a 2,000-token vocabulary (the real ones: 50,265).
 
-Run as `python -m utils.hub_standins HF_HOME [--real-dimensions]`.
+Run as `python -m utils.apps.hub_standins HF_HOME [--real-dimensions]`.
 """
 
 from __future__ import annotations

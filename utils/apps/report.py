@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.files import runs_dir, write_text_atomic
 from utils.metrics import ROUGE_TYPES
-from utils.results import METHODS, load_results
+from utils.plumbing.files import runs_dir, write_text_atomic
+from utils.plumbing.results import METHODS, load_results
 
 TABLE_COLUMNS = (
     *ROUGE_TYPES,

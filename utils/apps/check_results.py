@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.files import PROJECT_ROOT
+from utils.plumbing.files import PROJECT_ROOT
 
 RESULTS_DOC = PROJECT_ROOT / "docs" / "RESULTS.md"
 HEADING = "## Recorded figures"

@@ -8,7 +8,7 @@ macOS, Windows, aarch64) nothing happens here: torch comes with the rest of the 
 PyPI has for that machine.
 
 Run by the Makefile before the lock is installed, with the standard library only:
-`python -m utils.torch_index requirements/lock.txt`. It prints which source it used.
+`python -m utils.apps.torch_index requirements/lock.txt`. It prints which source it used.
 """
 
 from __future__ import annotations

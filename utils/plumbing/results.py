@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from utils.files import runs_dir, write_json_atomic
+from utils.plumbing.files import runs_dir, write_json_atomic
 
 METHODS = ("base", "zero_shot", "one_shot", "few_shot", "full", "lora", "prompt_tuning", "qlora", "ppo", "reward_model")
 

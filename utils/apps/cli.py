@@ -1,0 +1,186 @@
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results}`.
+
+A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+USER_ERROR = 2
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from utils.apps.check_data import check_file, summary_lines
+    from transformers import AutoConfig
+
+    from utils.models import context_window, load_tokenizer, model_location
+    from utils.profiles import choose_profile
+
+    profile, _ = choose_profile()
+    tokenizer = load_tokenizer(profile)
+    context = context_window(AutoConfig.from_pretrained(model_location(profile)), tokenizer)
+    report = check_file(args.path, tokenizer, context, args.input_column, args.target_column)
+    if not report.ok:
+        print("\n".join(report.problems))
+        print(f"{len(report.problems)} problem(s) found; nothing was changed.")
+        return USER_ERROR
+    print("\n".join(summary_lines(report, args.input_column, args.target_column)))
+    print(f"(token counts with the tokenizer of profile {profile.name!r})")
+    return 0
+
+
+def _checked_profile():
+    """The profile to run, checked before any work starts: the GPU, the Hub and the data it needs.
+
+    A profile this machine cannot run stops here with one line (exit code 2), instead of every
+    notebook failing in turn.
+    """
+    from utils.plumbing.hub import require_hub_or_cache
+    from utils.models import resolve_device
+    from utils.profiles import choose_profile, hub_repos, with_overrides
+
+    profile, reason = choose_profile()
+    profile = with_overrides(profile)
+    resolve_device(profile)  # ProfileError when it needs a CUDA GPU this machine lacks
+    if profile.needs_hub:
+        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
+    if profile.data_label:  # COURSE_DATA: the user's own file or folder
+        _check_course_data(profile.data, profile.seed)
+    return profile, reason
+
+
+def _check_course_data(source: str, seed: int) -> None:
+    """Read COURSE_DATA's splits: DataError (one line, naming file and line) when they cannot be used."""
+    from utils.data import DataError, load_dialogues
+
+    splits = load_dialogues(source, seed=seed)
+    empty = sum(1 for split in splits.values() for row in split if not row["dialogue"].strip() or not row["summary"].strip())
+    if empty:
+        raise DataError(f"{source}: {empty} row(s) without a dialogue or a summary. "
+                        f"Fix: run `python -m utils check-data` on each file to list them.")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from utils.models import load_tokenizer, model_location
+
+    profile, reason = _checked_profile()
+    print(f"Profile {profile.name} ({reason}): model ready at {model_location(profile)}")
+    load_tokenizer(profile)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from utils.apps.runner import run_course
+
+    profile, reason = _checked_profile()
+    print(f"Running the course in profile {profile.run_name} ({reason}).")
+    ok = run_course(profile, args.notebooks or None, redo=args.redo)
+    path = _write_report(profile)
+    print(f"Report: {path}")
+    return 0 if ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from utils.profiles import choose_profile, with_overrides
+
+    profile, _ = choose_profile()
+    print(_write_report(with_overrides(profile)))
+    return 0
+
+
+def _measure_training(args: argparse.Namespace) -> int:
+    import json
+
+    from utils.apps.benchmark import measure_training_steps
+    from utils.course import configure_threads
+    from utils.profiles import choose_profile, with_overrides
+
+    profile, _ = choose_profile()
+    configure_threads()
+    print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size)))
+    return 0
+
+
+def _sync_colab(args: argparse.Namespace) -> int:
+    from utils.apps.colab import course_revision, sync_colab_cells, sync_readme
+    from utils.apps.kernel import KERNEL_NAME, use_course_kernel
+    from utils.apps.runner import notebook_paths
+
+    paths = args.notebooks or notebook_paths()
+    revision = args.revision or course_revision()
+    changed = sync_colab_cells(paths, revision=revision)
+    print(f"Colab cell and badge (revision {revision}) updated in {len(changed)} of {len(paths)} notebook(s)"
+          + "".join(f"\n  {p}" for p in changed))
+    kernel = [path for path in paths if use_course_kernel(path)]
+    if kernel:
+        print(f"Kernel {KERNEL_NAME!r} named in {len(kernel)} notebook(s)" + "".join(f"\n  {p}" for p in kernel))
+    if not args.notebooks and sync_readme(revision=revision):
+        print("Colab badges updated in README.md")
+    return 0
+
+
+def _check_results(args: argparse.Namespace) -> int:
+    from utils.apps.check_results import check
+    from utils.plumbing.results import load_results
+
+    ok, lines = check(load_results("offline"), args.notebooks or None)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _write_report(profile):
+    from utils.course import library_versions
+    from utils.models import resolve_device
+    from utils.apps.report import write_report
+
+    environment = {"profile": profile.name, "data": profile.data, "seed": profile.seed,
+                   "device": resolve_device(profile).type, **library_versions()}
+    return write_report(profile.run_name, environment)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils", description="Fine-tuning course helpers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-data", help="check a JSONL/CSV file of dialogues and summaries")
+    check.add_argument("path")
+    check.add_argument("--input-column", default="dialogue")
+    check.add_argument("--target-column", default="summary")
+    check.set_defaults(handler=_check_data)
+    prepare = commands.add_parser("prepare", help="build or convert the profile's model into the cache")
+    prepare.set_defaults(handler=_prepare)
+    run = commands.add_parser("run", help="execute the notebooks headless and write runs/<profile>/REPORT.md")
+    run.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 01 02 (default: all)")
+    run.add_argument("--redo", action="store_true", help="run notebooks that already finished again")
+    run.set_defaults(handler=_run)
+    report = commands.add_parser("report", help="rewrite runs/<profile>/REPORT.md from results.json")
+    report.set_defaults(handler=_report)
+    measure = commands.add_parser("measure-training", help="time a few training steps of one method; prints JSON")
+    measure.add_argument("method", choices=("full", "lora", "prompt_tuning", "qlora"))
+    measure.add_argument("--steps", type=int, default=3)
+    measure.add_argument("--batch-size", type=int, default=None)
+    measure.set_defaults(handler=_measure_training)
+    colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook, the Colab "
+                                "badge below its title and in the README, and name the course kernel")
+    colab.add_argument("notebooks", nargs="*", help="notebook files (default: every notebook in notebooks/)")
+    colab.add_argument("--revision", help="the tag or branch the Colab cells install (default: the tag of the "
+                       "commit checked out, else main)")
+    colab.set_defaults(handler=_sync_colab)
+    results = commands.add_parser("check-results", help="compare runs/offline/results.json with docs/RESULTS.md")
+    results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")
+    results.set_defaults(handler=_check_results)
+    args = parser.parse_args(argv)
+
+    from utils.apps.errors import USER_ERRORS
+
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
