@@ -25,11 +25,7 @@ import time
 
 from utils import course
 from utils.adapters import LORA_TARGETS
-from utils.apps.benchmark import (
-    DEFAULT_LORA_TARGETS,
-    TRAINING_METHODS,
-    model_for_method,
-)
+from utils.apps.benchmark import DEFAULT_LORA_TARGETS, TRAINING_METHODS, model_for_method
 from utils.apps.report import COMPARISON_COLUMNS, markdown_table, method_comparison
 from utils.data import load_profile_data, tokenize_for_training
 from utils.evaluation import evaluate

@@ -2,13 +2,7 @@
 
 import pytest
 
-from utils.apps.check_results import (
-    RESULTS_DOC,
-    Figure,
-    check,
-    compare,
-    recorded_figures,
-)
+from utils.apps.check_results import RESULTS_DOC, Figure, check, compare, recorded_figures
 from utils.apps.runner import notebook_paths
 
 DOC = """# Results

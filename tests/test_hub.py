@@ -6,12 +6,7 @@ import pytest
 import requests
 
 from utils.models import model_location
-from utils.plumbing.hub import (
-    HubRepo,
-    HubUnreachableError,
-    hub_reachable,
-    require_hub_or_cache,
-)
+from utils.plumbing.hub import HubRepo, HubUnreachableError, hub_reachable, require_hub_or_cache
 from utils.profiles import get_profile
 
 

@@ -11,14 +11,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from utils.apps.colab import colab_cell_source
-from utils.apps.lockfile import (
-    COLAB,
-    LOCK,
-    colab_constraints,
-    pins,
-    portable,
-    required_by,
-)
+from utils.apps.lockfile import COLAB, LOCK, colab_constraints, pins, portable, required_by
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TEXT = LOCK.read_text(encoding="utf-8")

@@ -8,12 +8,12 @@ import torch
 from scripts.token_share_reward import TokenShareReward
 
 from utils.adapters import add_lora
+from utils.families import answer_logits_and_hidden
 from utils.models import load_model_and_tokenizer
 from utils.ppo import (
     PolicyWithValueHead,
     PPOConfig,
     prompt_indices,
-    response_logits_and_hidden,
     response_mask_until_eos,
     sample_responses,
     train_ppo,
@@ -278,7 +278,7 @@ def test_reference_is_the_base_model_and_equals_the_policy_until_it_trains(tiny_
         return logprobs_from_logits(logits, rollout.response_ids, mask)
 
     with torch.no_grad():
-        base_logits, _ = response_logits_and_hidden(base_model, policy.is_encoder_decoder, *rollout.tensors(),
+        base_logits, _ = answer_logits_and_hidden(base_model, policy.is_encoder_decoder, *rollout.tensors(),
                                                     policy.decoder_start_token_id)
     base_logprobs = logprobs_from_logits(base_logits, rollout.response_ids, mask)
 

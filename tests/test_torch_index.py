@@ -7,12 +7,7 @@ from pathlib import Path
 import pytest
 
 import utils.apps.torch_index as torch_index
-from utils.apps.torch_index import (
-    CPU_INDEX,
-    Machine,
-    choose_torch_install,
-    locked_torch,
-)
+from utils.apps.torch_index import CPU_INDEX, Machine, choose_torch_install, locked_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN = "torch==2.13.0"

@@ -7,7 +7,9 @@ import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# Query and value projections, by architecture: the one place the model families differ here.
+from utils.families import peft_task_type
+
+# Query and value projections, by architecture: their module names differ per architecture, not per family.
 ATTENTION_QUERY_VALUE = {
     "t5": ["q", "v"],
     "llama": ["q_proj", "v_proj"],
@@ -28,7 +30,7 @@ LORA_TARGETS = ("attention", "all-linear")
 
 
 def task_type(model: PreTrainedModel) -> TaskType:
-    return TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    return peft_task_type(model.config.is_encoder_decoder)
 
 
 def lora_config(

@@ -12,6 +12,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from utils.families import IGNORE_INDEX, inputs_and_labels
 from utils.plumbing.files import DATA_DIR
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import BUNDLED_DATA, Profile
@@ -20,7 +21,6 @@ from utils.prompts import DEFAULT_TEMPLATE, encode, instruction, model_input
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic", "references")
 BUNDLED_FOLDER = DATA_DIR / "dialogsum_sample"
-IGNORE_INDEX = -100  # label value the loss skips
 
 
 class DataError(ValueError):
@@ -239,21 +239,11 @@ def tokenize_pairs(
 ) -> Dataset:
     """input_ids / attention_mask / labels for model-ready prompts and the texts to learn after them.
 
-    Encoder-decoder: the prompt goes to the encoder, the target is the decoder's labels.
-    Decoder-only: prompt and target form one sequence; the prompt's labels are
-    IGNORE_INDEX so the loss counts only the target (and the end-of-turn token).
+    How the two families lay them out: utils.families.inputs_and_labels.
     """
     inputs = encode(tokenizer, prompts, profile.is_encoder_decoder)["input_ids"]
-    if profile.is_encoder_decoder:
-        labels = tokenizer(text_target=targets, max_length=profile.max_target_tokens, truncation=True)["input_ids"]
-        input_ids = inputs
-    else:
-        answers = tokenizer(targets, add_special_tokens=False)["input_ids"]
-        input_ids, labels = [], []
-        for prompt_ids, answer_ids in zip(inputs, answers):
-            answer_ids = answer_ids[: profile.max_target_tokens - 1] + [tokenizer.eos_token_id]
-            input_ids.append(prompt_ids + answer_ids)
-            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+    input_ids, labels = inputs_and_labels(tokenizer, inputs, targets, profile.max_target_tokens,
+                                          profile.is_encoder_decoder)
     return Dataset.from_dict(
         {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
     )

@@ -7,6 +7,8 @@ from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils import families
+from utils.families import generated_answer, prompt_padding_side
 from utils.prompts import encode
 
 
@@ -38,7 +40,7 @@ def generate_ids(
     generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     stop_ids = end_of_sequence_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if is_encoder_decoder else "left"
+    tokenizer.padding_side = prompt_padding_side(is_encoder_decoder)
     was_training = model.training
     model.eval()
     try:
@@ -49,17 +51,16 @@ def generate_ids(
             ).to(model.device)
             with torch.no_grad():
                 if has_soft_prompt(model):
-                    # Only new tokens come back: the input was given as embeddings.
+                    # The prompt goes in as embeddings: no prompt tokens come back.
                     generated = model.get_base_model().generate(
                         **soft_prompt_inputs(model, encoded["input_ids"], encoded["attention_mask"]),
                         max_new_tokens=max_new_tokens, **generation_kwargs,
                     )
+                    prompt_length = 0
                 else:
                     generated = model.generate(**encoded, max_new_tokens=max_new_tokens, **generation_kwargs)
-                    if not is_encoder_decoder:
-                        generated = generated[:, encoded["input_ids"].shape[1] :]
-            if is_encoder_decoder:
-                generated = generated[:, 1:]  # the decoder start token
+                    prompt_length = encoded["input_ids"].shape[1]
+            generated = generated_answer(generated, prompt_length, is_encoder_decoder)
             for index, row in zip(batch, generated.tolist()):
                 outputs[index] = _until_end(row, stop_ids)
     finally:
@@ -117,12 +118,7 @@ def next_token_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     is_encoder_decoder = model.config.is_encoder_decoder
     encoded = encode(tokenizer, [prompt], is_encoder_decoder, return_tensors="pt").to(model.device)
     with torch.no_grad():
-        if is_encoder_decoder:
-            start = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
-            logits = model(**encoded, decoder_input_ids=start).logits
-        else:
-            logits = model(**encoded).logits
-    return logits[0, -1].float()
+        return families.next_token_logits(model, encoded, is_encoder_decoder).float()
 
 
 def sampling_distribution(

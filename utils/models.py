@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -29,6 +28,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from utils.families import auto_model_class
 from utils.plumbing.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import SMOLLM2_WHEEL, TINY_LLAMA, TINY_T5, Profile, ProfileError
@@ -57,8 +57,8 @@ class ModelUnavailableError(RuntimeError):
 
 
 def model_class(profile: Profile) -> type:
-    """The Auto class for the profile's family: the one place the two families branch on loading."""
-    return AutoModelForSeq2SeqLM if profile.is_encoder_decoder else AutoModelForCausalLM
+    """The Auto class for the profile's family (utils.families)."""
+    return auto_model_class(profile.is_encoder_decoder)
 
 
 def resolve_device(profile: Profile) -> torch.device:

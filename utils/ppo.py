@@ -35,14 +35,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
 from utils.plumbing.files import atomic_directory, write_json_atomic
-from utils.plumbing.run_state import (
-    RunFolder,
-    fingerprint,
-    restore_rng_state,
-    rng_state,
-)
+from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
 from utils.ppo_terms import (
     AdaptiveKLController,
     FixedKLController,
@@ -80,48 +76,6 @@ class ValueHead(nn.Module):
         return self.linear(hidden_states.float()).squeeze(-1)
 
 
-def response_logits_and_hidden(
-    model: nn.Module,
-    is_encoder_decoder: bool,
-    query_ids: torch.Tensor,
-    query_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    decoder_start_token_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits predicting each response token and the last hidden state at that position.
-
-    The one place the two model families differ in PPO. Position t of both outputs is where
-    the model, having read the query and response[:t], predicts response[t].
-    - encoder-decoder: the encoder reads the query; the decoder reads [start] + response[:-1].
-    - decoder-only: the model reads the left-padded query followed by the right-padded
-      response; the logits at query_length - 1 + t predict response[t].
-    """
-    if is_encoder_decoder:
-        start = torch.full_like(response_ids[:, :1], decoder_start_token_id)
-        decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
-        decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
-        output = model(
-            input_ids=query_ids,
-            attention_mask=query_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_mask,
-            output_hidden_states=True,
-        )
-        return output.logits, output.decoder_hidden_states[-1]
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
-    # Positions count real tokens only, so a left-padded prompt sits where it would unpadded
-    # (rotary-position models such as Llama give the same logits either way; absolute-position ones do not).
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    output = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
-    )
-    first = query_ids.shape[1] - 1
-    last = first + response_ids.shape[1]
-    return output.logits[:, first:last], output.hidden_states[-1][:, first:last]
-
-
 class PolicyWithValueHead(nn.Module):
     """The trained policy pi (model + LoRA adapter), its value head, and pi_ref (the adapter switched off)."""
 
@@ -147,7 +101,7 @@ class PolicyWithValueHead(nn.Module):
         self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, values) for each response position: (batch, length, vocab) and (batch, length)."""
-        logits, hidden = response_logits_and_hidden(
+        logits, hidden = answer_logits_and_hidden(
             self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
             self.decoder_start_token_id,
         )
@@ -164,7 +118,7 @@ class PolicyWithValueHead(nn.Module):
     ) -> torch.Tensor:
         """log pi_ref of each response token: the same network with its LoRA adapter disabled."""
         with self.model.disable_adapter():
-            logits, _ = response_logits_and_hidden(
+            logits, _ = answer_logits_and_hidden(
                 self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
                 self.decoder_start_token_id,
             )
@@ -263,7 +217,7 @@ def sample_responses(
     """
     model = policy.model
     previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if policy.is_encoder_decoder else "left"
+    tokenizer.padding_side = prompt_padding_side(policy.is_encoder_decoder)
     try:
         query = encode(tokenizer, prompts, policy.is_encoder_decoder, return_tensors="pt", padding=True)
     finally:
@@ -277,8 +231,7 @@ def sample_responses(
     if config.min_new_tokens:
         options["min_new_tokens"] = config.min_new_tokens
     generated = model.generate(input_ids=query["input_ids"], attention_mask=query["attention_mask"], **options)
-    # Encoder-decoders start their output with the decoder start token; decoder-only outputs repeat the prompt.
-    response_ids = generated[:, 1:] if policy.is_encoder_decoder else generated[:, query["input_ids"].shape[1] :]
+    response_ids = generated_answer(generated, query["input_ids"].shape[1], policy.is_encoder_decoder)
     response_mask = response_mask_until_eos(response_ids, end_of_sequence_ids(model, tokenizer))
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     return Rollout(query["input_ids"], query["attention_mask"], response_ids, response_mask)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from utils.families import uses_chat_template
+
 # The classic template of the original labs, then FLAN-style phrasings of the same task.
 TEMPLATES: dict[str, str] = {
     "classic": "Summarize the following conversation.\n\n{dialogue}\n\nSummary:",
@@ -34,11 +36,6 @@ def instruction(
     pattern = patterns[template]
     shots = [pattern.format(dialogue=d) + " " + s for d, s in examples]
     return "\n\n\n".join([*shots, pattern.format(dialogue=dialogue)])
-
-
-def uses_chat_template(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool) -> bool:
-    """Decoder-only instruct models read their chat format; encoder-decoders read plain text."""
-    return not is_encoder_decoder and tokenizer.chat_template is not None
 
 
 def model_input(tokenizer: PreTrainedTokenizerBase, text: str, is_encoder_decoder: bool) -> str:

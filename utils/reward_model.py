@@ -40,11 +40,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from utils.models import (
-    ModelUnavailableError,
-    ensure_tiny_model,
-    resolve_device,
-)
+from utils.models import ModelUnavailableError, ensure_tiny_model, resolve_device
 from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.plumbing.run_state import RunFolder, fingerprint

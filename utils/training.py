@@ -15,12 +15,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import (
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from utils.data import training_collator
 from utils.models import resolve_device, resolve_dtype

@@ -15,12 +15,7 @@ from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 from traitlets.config import Config
 
-from utils.plumbing.files import (
-    PROJECT_ROOT,
-    runs_dir,
-    write_json_atomic,
-    write_text_atomic,
-)
+from utils.plumbing.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
 from utils.profiles import Profile
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
