@@ -43,3 +43,16 @@ def test_methods_are_measured_in_their_own_processes_with_ratios_to_full():
     assert [r["method"] for r in rows] == ["full", "lora"]
     assert rows[0]["speed_vs_full"] == 1.0 and rows[0]["memory_vs_full"] == 1.0
     assert rows[1]["trainable_params"] < rows[0]["trainable_params"]
+
+
+def test_the_plain_loop_is_timed_on_the_same_batch_and_every_row_gets_its_ratio_to_it():
+    from utils.profiles import get_profile
+
+    rows = compare_training_methods(get_profile("tiny-causal"), ("full",), steps=1, batch_size=2, plain=True)
+
+    plain, course = rows
+    assert plain["method"] == "full (plain loop)" and course["method"] == "full"
+    assert plain["tokens_per_step"] == course["tokens_per_step"]  # the same real tokens
+    assert plain["final_loss"] == pytest.approx(course["final_loss"], rel=1e-4)  # the same arithmetic, less of it
+    assert plain["speed_vs_plain"] == 1.0
+    assert course["speed_vs_plain"] == pytest.approx(course["tokens_per_second"] / plain["tokens_per_second"])

@@ -318,16 +318,22 @@ def test_fit_dialogue_keeps_the_start_of_a_long_dialogue(tiny_model_and_tokenize
     assert len(cut) < len(LONG_DIALOGUE) / 10
 
 
-def test_the_collator_pads_labels_with_ignore_index(tiny_model_and_tokenizer, tiny_profile):
-    _, tokenizer = tiny_model_and_tokenizer
+def short_and_long_batch(profile):
     from datasets import Dataset
 
+    from utils.models import load_tokenizer
+
+    tokenizer = load_tokenizer(profile)
     rows = Dataset.from_dict(
         {"dialogue": [dialogue(1), LONG_DIALOGUE[:600]], "summary": ["Short.", "A much longer summary " * 4]}
     )
-    tokenized = tokenize_for_training(rows, tokenizer, tiny_profile)
+    tokenized = tokenize_for_training(rows, tokenizer, profile)
+    batch = training_collator(tokenizer, profile.is_encoder_decoder)([tokenized[0], tokenized[1]])
+    return tokenizer, tokenized, batch
 
-    batch = training_collator(tokenizer)([tokenized[0], tokenized[1]])
+
+def test_encoder_decoder_batches_are_padded_on_the_right_labels_with_ignore_index():
+    tokenizer, tokenized, batch = short_and_long_batch(get_profile("tiny"))
 
     short_input, short_labels = len(tokenized[0]["input_ids"]), len(tokenized[0]["labels"])
     assert batch["input_ids"].shape[0] == 2
@@ -336,6 +342,18 @@ def test_the_collator_pads_labels_with_ignore_index(tiny_model_and_tokenizer, ti
     assert (batch["attention_mask"][0, short_input:] == 0).all()
     assert (batch["input_ids"][0, short_input:] == tokenizer.pad_token_id).all()
     assert batch["labels"].shape[1] == max(len(r["labels"]) for r in tokenized)  # padded to the longest only
+
+
+def test_decoder_only_batches_are_padded_on_the_left_so_every_answer_ends_at_the_last_column():
+    tokenizer, tokenized, batch = short_and_long_batch(get_profile("tiny-causal"))
+
+    padding = batch["input_ids"].shape[1] - len(tokenized[0]["input_ids"])
+    assert padding > 0 and batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in tokenized)
+    assert batch["input_ids"][0, padding:].tolist() == tokenized[0]["input_ids"]
+    assert batch["labels"][0, padding:].tolist() == tokenized[0]["labels"]
+    assert (batch["input_ids"][0, :padding] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, :padding] == IGNORE_INDEX).all() and (batch["attention_mask"][0, :padding] == 0).all()
+    assert (batch["labels"][:, -1] != IGNORE_INDEX).all()  # both answers end at the last column
 
 
 def test_instruction_is_the_same_for_training_and_prompts(tiny_model_and_tokenizer, tiny_profile):

@@ -39,7 +39,7 @@ def fresh_training(profile, learning_rate=HIGH_LEARNING_RATE):
 def test_training_lowers_perplexity_on_its_data_and_records_losses(tiny_profile, tiny_model_and_tokenizer, isolated_runs):
     model, tokenizer = tiny_model_and_tokenizer
     train_set, eval_set = small_data(tiny_profile, tokenizer)
-    batch = training_collator(tokenizer)([train_set[i] for i in range(len(train_set))])
+    batch = training_collator(tokenizer, tiny_profile.is_encoder_decoder)([train_set[i] for i in range(len(train_set))])
     before = perplexity(model, [batch])
 
     run = train(model, tokenizer, tiny_profile, "full", train_set, eval_set, learning_rate=HIGH_LEARNING_RATE)
@@ -163,3 +163,24 @@ def test_a_small_slice_at_a_large_batch_gets_a_smaller_batch_instead_of_one_step
     assert batch_and_steps(gpu, 32) == (8, 8)
     assert batch_and_steps(gpu, 12460) == (32, 780)
     assert batch_and_steps(get_profile("tiny"), 32) == (4, 4)  # a fixed max_steps stays
+
+
+def loss_both_ways(profile, method):
+    """(the model's own loss with every position's logits, answer_loss) on one padded batch."""
+    from utils.apps.benchmark import model_for_method
+    from utils.families import answer_loss
+    from utils.models import load_tokenizer
+
+    tokenizer = load_tokenizer(profile)
+    train_set, _ = small_data(profile, tokenizer)
+    batch = training_collator(tokenizer, profile.is_encoder_decoder)([train_set[i] for i in range(4)])
+    model, _ = model_for_method(profile, method, tokenizer)
+    model.eval()
+    with torch.no_grad():
+        return float(model(**batch).loss), float(answer_loss(model, batch))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prompt_tuning"])
+def test_the_loss_from_the_answer_positions_alone_equals_the_models_own(tiny_profile, method):
+    full_logits, answer_only = loss_both_ways(tiny_profile, method)
+    assert answer_only == pytest.approx(full_logits, rel=1e-5)

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+import torch
+from transformers import PreTrainedTokenizerBase
 
-from utils.families import IGNORE_INDEX, inputs_and_labels
+from utils.families import IGNORE_INDEX, inputs_and_labels, prompt_padding_side
 from utils.plumbing.files import DATA_DIR
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import BUNDLED_DATA, Profile
@@ -260,16 +261,43 @@ def tokenize_for_training(
     return tokenize_pairs(prompts, list(dataset["summary"]), tokenizer, profile)
 
 
-def training_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pads each batch to its longest example (dynamic padding); labels padded with IGNORE_INDEX."""
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest")
+class TrainingCollator:
+    """Pads a batch of training examples to its longest (dynamic padding); labels with IGNORE_INDEX.
+
+    Encoder-decoder inputs and labels are padded on the right, each to its own longest. Decoder-only
+    examples are padded on the left, so every answer ends at the last column and the LM head is
+    only needed over the last ones (utils.families.answer_loss).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, padding_side: str):
+        self.pad_token_id = tokenizer.pad_token_id
+        self.left = padding_side == "left"
+
+    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(row) for row in rows)
+        return torch.tensor([[value] * (width - len(row)) + row if self.left else row + [value] * (width - len(row))
+                             for row in rows])
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = [list(feature["input_ids"]) for feature in features]
+        return {
+            "input_ids": self._pad(input_ids, self.pad_token_id),
+            "attention_mask": self._pad([[1] * len(ids) for ids in input_ids], 0),
+            "labels": self._pad([list(feature["labels"]) for feature in features], IGNORE_INDEX),
+        }
 
 
-def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int):
+def training_collator(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool) -> TrainingCollator:
+    """The collator of the family's training batches (see TrainingCollator)."""
+    return TrainingCollator(tokenizer, prompt_padding_side(is_encoder_decoder))
+
+
+def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, profile: Profile, batch_size: int):
     """Padded batches of a tokenized dataset, in order (for perplexity and other loss measurements)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(tokenized, batch_size=batch_size, collate_fn=training_collator(tokenizer))
+    return DataLoader(tokenized, batch_size=batch_size,
+                      collate_fn=training_collator(tokenizer, profile.is_encoder_decoder))
 
 
 GENERAL_QA = DATA_DIR / "general_qa" / "general_qa.jsonl"

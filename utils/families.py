@@ -123,3 +123,25 @@ def next_token_logits(model: torch.nn.Module, encoded: dict, is_encoder_decoder:
         start = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
         return model(**encoded, decoder_input_ids=start).logits[0, -1]
     return model(**encoded).logits[0, -1]
+
+
+def answer_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy of the labelled tokens, the LM head computed only where labels are.
+
+    An encoder-decoder's decoder only reads the answer, so its own loss already does that. A
+    decoder-only model reads the prompt too, and the prompt is most of each sequence: its logits
+    (vocabulary-wide, at every position) are the LM head's largest cost and would be thrown away.
+    Here they are computed from the column of the first label on (`logits_to_keep`); with
+    examples padded on the left (utils.data.training_collator) every answer ends at the last
+    column, so that is the answer's length. The loss equals the model's own (tested).
+    """
+    if model.config.is_encoder_decoder:
+        return model(**batch).loss
+    labels = batch["labels"]
+    labelled_columns = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    first = max(int(labelled_columns[0]) if len(labelled_columns) else 1, 1)  # column 0 is never predicted
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, logits_to_keep=labels.shape[1] - first + 1).logits[:, :-1]  # predict columns first..
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels[:, first:].reshape(-1), ignore_index=IGNORE_INDEX
+    )

@@ -9,6 +9,8 @@ import torch
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
+from utils.families import answer_loss
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 References = str | Sequence[str]
@@ -91,7 +93,7 @@ def perplexity(model, batches) -> float:
         for batch in batches:
             batch = {k: v.to(model.device) for k, v in batch.items()}
             tokens = int((batch["labels"] != -100).sum())
-            total_loss += float(model(**batch).loss) * tokens
+            total_loss += float(answer_loss(model, batch)) * tokens
             total_tokens += tokens
     model.train(was_training)
     return math.exp(total_loss / max(total_tokens, 1))

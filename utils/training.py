@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from utils.data import training_collator
+from utils.families import answer_loss
 from utils.models import resolve_device, resolve_dtype
 from utils.plumbing.files import runs_dir
 from utils.plumbing.measure import PeakMemory
@@ -103,8 +104,18 @@ def training_arguments(
     settings = trainer_settings(profile, output_dir, learning_rate, steps, batch_size or profile.batch_size,
                                 profile.eval_batch_size)
     settings["train_sampling_strategy"] = "group_by_length"  # similar lengths per batch: less padding, faster steps
+    settings["label_names"] = ["labels"]  # so evaluation goes through AnswerLossTrainer.compute_loss, PEFT models too
+    settings["prediction_loss_only"] = True  # evaluation needs the loss, not every position's logits kept in memory
     settings.update(overrides)
     return TrainingArguments(**settings)
+
+
+class AnswerLossTrainer(Trainer):
+    """The transformers Trainer, with the loss computed only where labels are (utils.families.answer_loss)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = answer_loss(model, inputs)
+        return (loss, {}) if return_outputs else loss
 
 
 def training_fingerprint(arguments: TrainingArguments, train_dataset: Dataset, identity: str) -> str:
@@ -167,12 +178,12 @@ def train(
         print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
         return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
                            record["tokens_per_second"], record["peak_memory_mb"], reused=True)
-    trainer = Trainer(
+    trainer = AnswerLossTrainer(
         model=model,
         args=arguments,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=training_collator(tokenizer),
+        data_collator=training_collator(tokenizer, profile.is_encoder_decoder),
         processing_class=tokenizer,
     )
     last = run.last_checkpoint("trainer_state.json")  # the Trainer writes trainer_state.json last

@@ -11,11 +11,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
 from utils.adapters import add_lora, add_prompt_tuning
-from utils.data import load_profile_data, tokenize_for_training, training_collator
+from utils.data import TrainingCollator, load_profile_data, tokenize_for_training, training_collator
+from utils.families import answer_loss
 from utils.models import count_parameters, load_model, load_tokenizer, resolve_device
 from utils.plumbing.measure import PeakMemory
 from utils.profiles import Profile
@@ -58,17 +60,20 @@ def weight_megabytes(model: torch.nn.Module) -> float:
 
 
 def timed_steps(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, steps: int,
-                device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[list[float], torch.Tensor]:
+                device: torch.device, autocast_dtype: torch.dtype | None = None,
+                loss_of: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> tuple[list[float], torch.Tensor]:
     """Seconds of each of `steps` optimizer steps on `batch` after one untimed warm-up step, and the last loss.
 
     The warm-up pays for allocations and kernel choices; on CUDA each step waits for the GPU to finish.
     `autocast_dtype` computes under autocast in that dtype (mixed precision; the weights keep theirs).
+    `loss_of(model, batch)` gives the loss (default: the model's own, from logits at every position).
     """
+    loss_of = loss_of or (lambda model, batch: model(**batch).loss)
     seconds = []
     for step in range(steps + 1):
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = model(**batch).loss
+            loss = loss_of(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -79,19 +84,24 @@ def timed_steps(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Opti
     return seconds, loss
 
 
-def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_size: int | None = None) -> dict:
+def measure_training_steps(
+    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False
+) -> dict:
     """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
 
-    Returns tokens per second (real tokens of the batch, padding excluded), peak memory over
-    loading and training (process RSS on CPU, CUDA peak allocated on GPU), weight memory and
-    trainable parameters.
+    The course's step is the notebooks' (utils.families.answer_loss on the family's padding);
+    `plain=True` times a plain PyTorch step instead: right padding, the model's own loss from
+    logits at every position, fp32. Returns tokens per second (real tokens of the batch,
+    padding excluded), peak memory over loading and training (process RSS on CPU, CUDA peak
+    allocated on GPU), weight memory and trainable parameters.
     """
     device = resolve_device(profile)
     batch_size = batch_size or profile.batch_size
     tokenizer = load_tokenizer(profile)
     rows = load_profile_data(profile)["train"].select(range(batch_size))
     features = tokenize_for_training(rows, tokenizer, profile)
-    batch = training_collator(tokenizer)([features[i] for i in range(len(features))])
+    collate = TrainingCollator(tokenizer, "right") if plain else training_collator(tokenizer, profile.is_encoder_decoder)
+    batch = collate([features[i] for i in range(len(features))])
     batch = {key: value.to(device) for key, value in batch.items()}
     real_tokens = int(sum(len(ids) for ids in features["input_ids"]))
     with PeakMemory(device) as memory:
@@ -99,9 +109,9 @@ def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_
         model.train()
         trainable, total = count_parameters(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-        seconds, loss = timed_steps(model, batch, optimizer, steps, device)
+        seconds, loss = timed_steps(model, batch, optimizer, steps, device, loss_of=None if plain else answer_loss)
     return {
-        "method": method,
+        "method": f"{method} (plain loop)" if plain else method,
         "device": device.type,
         "batch_size": batch_size,
         "tokens_per_step": real_tokens,
@@ -115,11 +125,15 @@ def measure_training_steps(profile: Profile, method: str, steps: int = 3, batch_
     }
 
 
-def measure_in_subprocess(profile: Profile, method: str, steps: int = 3, batch_size: int | None = None) -> dict:
+def measure_in_subprocess(
+    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False
+) -> dict:
     """`measure_training_steps` in a fresh Python process; the profile is passed by name and overrides."""
     command = [sys.executable, "-m", "utils", "measure-training", method, "--steps", str(steps)]
     if batch_size:
         command += ["--batch-size", str(batch_size)]
+    if plain:
+        command.append("--plain")
     environment = {**os.environ, "COURSE_PROFILE": profile.name}
     if profile.data_label:
         environment["COURSE_DATA"] = profile.data
@@ -130,15 +144,24 @@ def measure_in_subprocess(profile: Profile, method: str, steps: int = 3, batch_s
 
 
 def compare_training_methods(
-    profile: Profile, methods: tuple[str, ...] = TRAINING_METHODS, steps: int = 3, batch_size: int | None = None
+    profile: Profile, methods: tuple[str, ...] = TRAINING_METHODS, steps: int = 3, batch_size: int | None = None,
+    plain: bool = False,
 ) -> list[dict]:
-    """One measurement per method, each in its own process, with ratios to full fine-tuning."""
+    """One measurement per method, each in its own process, with ratios to full fine-tuning.
+
+    `plain=True` first times a plain PyTorch step of full fine-tuning on the same model and batch
+    (fp32, logits at every position; see measure_training_steps), and gives every row its
+    speed relative to it (`speed_vs_plain`).
+    """
     from tqdm.auto import tqdm
 
-    rows = [measure_in_subprocess(profile, method, steps, batch_size) for method in tqdm(methods, desc="methods")]
+    rows = [measure_in_subprocess(profile, "full", steps, batch_size, plain=True)] if plain else []
+    rows += [measure_in_subprocess(profile, method, steps, batch_size) for method in tqdm(methods, desc="methods")]
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:
         if full:
             row["speed_vs_full"] = row["tokens_per_second"] / full["tokens_per_second"]
             row["memory_vs_full"] = row["peak_memory_mb"] / full["peak_memory_mb"]
+        if plain:
+            row["speed_vs_plain"] = row["tokens_per_second"] / rows[0]["tokens_per_second"]
     return rows

@@ -100,7 +100,8 @@ def _measure_training(args: argparse.Namespace) -> int:
 
     profile, _ = choose_profile()
     configure_threads()
-    print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size)))
+    print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size,
+                                            plain=args.plain)))
     return 0
 
 
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("method", choices=("full", "lora", "prompt_tuning", "qlora"))
     measure.add_argument("--steps", type=int, default=3)
     measure.add_argument("--batch-size", type=int, default=None)
+    measure.add_argument("--plain", action="store_true",
+                         help="time a plain PyTorch step instead (fp32, logits at every position)")
     measure.set_defaults(handler=_measure_training)
     colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook, the Colab "
                                 "badge below its title and in the README, and name the course kernel")
