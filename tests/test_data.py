@@ -321,14 +321,14 @@ def test_fit_dialogue_keeps_the_start_of_a_long_dialogue(tiny_model_and_tokenize
 def short_and_long_batch(profile):
     from datasets import Dataset
 
-    from utils.models import load_tokenizer
+    from utils.models import load_model_and_tokenizer
 
-    tokenizer = load_tokenizer(profile)
+    model, tokenizer = load_model_and_tokenizer(profile)
     rows = Dataset.from_dict(
         {"dialogue": [dialogue(1), LONG_DIALOGUE[:600]], "summary": ["Short.", "A much longer summary " * 4]}
     )
     tokenized = tokenize_for_training(rows, tokenizer, profile)
-    batch = training_collator(tokenizer, profile.is_encoder_decoder)([tokenized[0], tokenized[1]])
+    batch = training_collator(tokenizer, model)([tokenized[0], tokenized[1]])
     return tokenizer, tokenized, batch
 
 

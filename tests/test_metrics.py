@@ -121,9 +121,9 @@ def test_bleu_is_between_the_extremes_for_a_partial_match():
 
 @pytest.fixture
 def training_batches(tiny_profile, tiny_model_and_tokenizer):
-    _, tokenizer = tiny_model_and_tokenizer
+    model, tokenizer = tiny_model_and_tokenizer
     tokenized = tokenize_for_training(load_profile_data(tiny_profile)["train"].select(range(6)), tokenizer, tiny_profile)
-    collate = training_collator(tokenizer, tiny_profile.is_encoder_decoder)
+    collate = training_collator(tokenizer, model)
     rows = [tokenized[i] for i in range(len(tokenized))]
     return collate(rows), [collate(rows[:2]), collate(rows[2:])]
 

@@ -39,7 +39,7 @@ def fresh_training(profile, learning_rate=HIGH_LEARNING_RATE):
 def test_training_lowers_perplexity_on_its_data_and_records_losses(tiny_profile, tiny_model_and_tokenizer, isolated_runs):
     model, tokenizer = tiny_model_and_tokenizer
     train_set, eval_set = small_data(tiny_profile, tokenizer)
-    batch = training_collator(tokenizer, tiny_profile.is_encoder_decoder)([train_set[i] for i in range(len(train_set))])
+    batch = training_collator(tokenizer, model)([train_set[i] for i in range(len(train_set))])
     before = perplexity(model, [batch])
 
     run = train(model, tokenizer, tiny_profile, "full", train_set, eval_set, learning_rate=HIGH_LEARNING_RATE)
@@ -173,8 +173,8 @@ def loss_both_ways(profile, method):
 
     tokenizer = load_tokenizer(profile)
     train_set, _ = small_data(profile, tokenizer)
-    batch = training_collator(tokenizer, profile.is_encoder_decoder)([train_set[i] for i in range(4)])
     model, _ = model_for_method(profile, method, tokenizer)
+    batch = training_collator(tokenizer, model)([train_set[i] for i in range(4)])
     model.eval()
     with torch.no_grad():
         return float(model(**batch).loss), float(answer_loss(model, batch))
@@ -184,3 +184,22 @@ def loss_both_ways(profile, method):
 def test_the_loss_from_the_answer_positions_alone_equals_the_models_own(tiny_profile, method):
     full_logits, answer_only = loss_both_ways(tiny_profile, method)
     assert answer_only == pytest.approx(full_logits, rel=1e-5)
+
+
+@pytest.mark.parametrize("method, padding", [("full", "left"), ("lora", "left"), ("prompt_tuning", "right")])
+def test_decoder_only_batches_pad_left_except_under_a_soft_prompt(method, padding):
+    """PEFT ignores position ids under a soft prompt: left padding would move a row's text away from it."""
+    from utils.apps.benchmark import model_for_method
+    from utils.models import load_tokenizer
+    from utils.profiles import get_profile
+
+    profile = get_profile("tiny-causal")
+    tokenizer = load_tokenizer(profile)
+    model, _ = model_for_method(profile, method, tokenizer)
+    train_set, _ = small_data(profile, tokenizer)
+    short, long = sorted((train_set[i] for i in range(4)), key=lambda row: len(row["input_ids"]))[::3]
+
+    batch = training_collator(tokenizer, model)([short, long])
+
+    real = batch["attention_mask"][0].tolist()
+    assert (real[-1], real[0]) == ((1, 0) if padding == "left" else (0, 1))

@@ -4,7 +4,7 @@ linear layer), and soft prompts."""
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, PeftType, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.families import peft_task_type
@@ -27,6 +27,12 @@ def attention_targets(model: PreTrainedModel) -> list[str]:
 # Where LoRA goes: the query and value projections (the LoRA paper's choice, notebook 03), or every
 # linear layer but the output head (the QLoRA paper's, needed there to match 16-bit fine-tuning).
 LORA_TARGETS = ("attention", "all-linear")
+
+
+def has_soft_prompt(model: torch.nn.Module) -> bool:
+    """True for a PEFT model whose active adapter is a soft prompt (prompt tuning, P-tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
 
 
 def task_type(model: PreTrainedModel) -> TaskType:

@@ -13,7 +13,8 @@ from datasets import Dataset, DatasetDict
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from utils.families import IGNORE_INDEX, inputs_and_labels, prompt_padding_side
+from utils.adapters import has_soft_prompt
+from utils.families import IGNORE_INDEX, inputs_and_labels, training_padding_side
 from utils.plumbing.files import DATA_DIR
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import BUNDLED_DATA, Profile
@@ -264,9 +265,9 @@ def tokenize_for_training(
 class TrainingCollator:
     """Pads a batch of training examples to its longest (dynamic padding); labels with IGNORE_INDEX.
 
-    Encoder-decoder inputs and labels are padded on the right, each to its own longest. Decoder-only
-    examples are padded on the left, so every answer ends at the last column and the LM head is
-    only needed over the last ones (utils.families.answer_loss).
+    Inputs and labels are padded each to its own longest, on `padding_side`: decoder-only examples
+    on the left, so every answer ends at the last column and the LM head is only needed over the
+    last ones (utils.families.answer_loss, training_padding_side).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, padding_side: str):
@@ -287,17 +288,16 @@ class TrainingCollator:
         }
 
 
-def training_collator(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool) -> TrainingCollator:
-    """The collator of the family's training batches (see TrainingCollator)."""
-    return TrainingCollator(tokenizer, prompt_padding_side(is_encoder_decoder))
+def training_collator(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> TrainingCollator:
+    """The collator of `model`'s training batches, padded on the side utils.families.training_padding_side says."""
+    return TrainingCollator(tokenizer, training_padding_side(model.config.is_encoder_decoder, has_soft_prompt(model)))
 
 
-def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, profile: Profile, batch_size: int):
-    """Padded batches of a tokenized dataset, in order (for perplexity and other loss measurements)."""
+def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module, batch_size: int):
+    """`model`'s padded batches of a tokenized dataset, in order (for perplexity and other loss measurements)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(tokenized, batch_size=batch_size,
-                      collate_fn=training_collator(tokenizer, profile.is_encoder_decoder))
+    return DataLoader(tokenized, batch_size=batch_size, collate_fn=training_collator(tokenizer, model))
 
 
 GENERAL_QA = DATA_DIR / "general_qa" / "general_qa.jsonl"

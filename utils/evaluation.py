@@ -59,7 +59,7 @@ def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      dataset: Dataset) -> float:
     """Perplexity of the reference summaries of `dataset` given their prompts."""
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
-    return perplexity(model, batches(tokenized, tokenizer, profile, profile.eval_batch_size))
+    return perplexity(model, batches(tokenized, tokenizer, model, profile.eval_batch_size))
 
 
 def general_qa_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile) -> float:
@@ -67,4 +67,4 @@ def general_qa_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     qa = load_general_qa()
     prompts = [model_input(tokenizer, q, profile.is_encoder_decoder) for q in qa["instruction"]]
     tokenized = tokenize_pairs(prompts, list(qa["response"]), tokenizer, profile)
-    return perplexity(model, batches(tokenized, tokenizer, profile, profile.eval_batch_size))
+    return perplexity(model, batches(tokenized, tokenizer, model, profile.eval_batch_size))

@@ -66,6 +66,16 @@ def prompt_padding_side(is_encoder_decoder: bool) -> str:
     return "right" if is_encoder_decoder else "left"
 
 
+def training_padding_side(is_encoder_decoder: bool, soft_prompt: bool) -> str:
+    """Decoder-only training batches are padded on the left, so every answer ends at the last column
+    and `answer_loss` needs the LM head only there. A row's positions then start later, which
+    rotary positions (Llama, SmolLM2) do not see: attention depends on distances only. Except with
+    a soft prompt: PEFT ignores position ids for prompt tuning, so a left-padded row would read its
+    text further from the soft prompt than it does unpadded. Those, and encoder-decoders, pad right.
+    """
+    return "left" if not is_encoder_decoder and not soft_prompt else "right"
+
+
 def generated_answer(generated: torch.Tensor, prompt_length: int, is_encoder_decoder: bool) -> torch.Tensor:
     """The answer's tokens in what `generate` returned for a batch of prompts `prompt_length` wide.
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from peft import PeftModel, PeftType
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import families
+from utils.adapters import has_soft_prompt
 from utils.families import generated_answer, prompt_padding_side
 from utils.prompts import encode
 
@@ -87,12 +88,6 @@ def _until_end(ids: list[int], stop_ids: list[int]) -> list[int]:
         if token in stop_ids:
             return ids[:position]
     return ids
-
-
-def has_soft_prompt(model: torch.nn.Module) -> bool:
-    """True for a PEFT model whose active adapter is a soft prompt (prompt tuning, P-tuning)."""
-    config = getattr(model, "active_peft_config", None)
-    return config is not None and config.peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
 
 
 def soft_prompt_inputs(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:

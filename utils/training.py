@@ -183,7 +183,7 @@ def train(
         args=arguments,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=training_collator(tokenizer, profile.is_encoder_decoder),
+        data_collator=training_collator(tokenizer, model),
         processing_class=tokenizer,
     )
     last = run.last_checkpoint("trainer_state.json")  # the Trainer writes trainer_state.json last

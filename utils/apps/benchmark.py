@@ -100,13 +100,13 @@ def measure_training_steps(
     tokenizer = load_tokenizer(profile)
     rows = load_profile_data(profile)["train"].select(range(batch_size))
     features = tokenize_for_training(rows, tokenizer, profile)
-    collate = TrainingCollator(tokenizer, "right") if plain else training_collator(tokenizer, profile.is_encoder_decoder)
-    batch = collate([features[i] for i in range(len(features))])
-    batch = {key: value.to(device) for key, value in batch.items()}
     real_tokens = int(sum(len(ids) for ids in features["input_ids"]))
     with PeakMemory(device) as memory:
         model, learning_rate = model_for_method(profile, method, tokenizer)
         model.train()
+        collate = TrainingCollator(tokenizer, "right") if plain else training_collator(tokenizer, model)
+        batch = collate([features[i] for i in range(len(features))])
+        batch = {key: value.to(device) for key, value in batch.items()}
         trainable, total = count_parameters(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
         seconds, loss = timed_steps(model, batch, optimizer, steps, device, loss_of=None if plain else answer_loss)
