@@ -160,3 +160,22 @@ def test_scorers_that_read_texts_alone_ignore_prompts(tmp_path):
     assert profanity.reward(TEXTS, prompts=prompts) == profanity.reward(TEXTS)
     assert classifier.reward(TEXTS, prompts=prompts) == pytest.approx(classifier.reward(TEXTS))
     assert TokenShareReward("e").reward(TEXTS, prompts=prompts) == TokenShareReward("e").reward(TEXTS)
+
+
+def test_a_saved_reward_model_is_found_from_the_notebooks_folder_by_its_project_path(monkeypatch, tmp_path):
+    """Notebook 07 prints runs/<profile>/...; notebook 06 runs in notebooks/, where that path is not."""
+    from utils.plumbing.files import PROJECT_ROOT
+    from utils.rewards import local_folder_or_hub
+
+    monkeypatch.chdir(PROJECT_ROOT / "notebooks")
+    assert local_folder_or_hub("data/detox") == str(PROJECT_ROOT / "data" / "detox")  # any folder of the project
+    monkeypatch.chdir(tmp_path)
+    assert local_folder_or_hub(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_missing_reward_model_folder_is_a_clear_error_not_a_hub_download():
+    from utils.models import ModelUnavailableError
+    from utils.rewards import local_folder_or_hub
+
+    with pytest.raises(ModelUnavailableError, match="No model folder 'runs/nowhere/checkpoints/reward-model/final'"):
+        local_folder_or_hub("runs/nowhere/checkpoints/reward-model/final")

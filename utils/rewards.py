@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from utils.models import ModelUnavailableError
+from utils.plumbing.files import PROJECT_ROOT
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.profiles import ONLINE_TOXICITY_CLASSIFIER, Profile
 
@@ -55,6 +57,24 @@ def label_index(config, label: str) -> int:
     )
 
 
+def local_folder_or_hub(location: str) -> str:
+    """A saved model's folder (as given, or relative to the project folder, as the course prints its
+    runs: notebooks run in notebooks/), else a Hub id, from the Hub or the local cache.
+
+    A path of more than two parts that is no folder cannot be a Hub id (those are "org/name"):
+    that is a ModelUnavailableError naming both places looked in, not a failed download.
+    """
+    for candidate in (Path(location).expanduser(), PROJECT_ROOT / location):
+        if candidate.is_dir():
+            return str(candidate)
+    if location.count("/") > 1 or location.startswith((".", "/", "~")):
+        raise ModelUnavailableError(
+            f"No model folder {location!r}, neither from {Path.cwd()} nor from the project folder {PROJECT_ROOT}. "
+            "Notebook 07 prints the folder it saved its reward model in."
+        )
+    return hub_or_cache(HubRepo(location, "model", "reward model"))
+
+
 class ClassifierScorer:
     """A sequence classifier (Hub id or local folder) scoring texts with its own tokenizer.
 
@@ -74,9 +94,7 @@ class ClassifierScorer:
         batch_size: int = 16,
         max_length: int = 512,
     ):
-        location = str(model_id_or_path)
-        if not Path(location).is_dir():
-            location = hub_or_cache(HubRepo(location, "model", "reward model"))
+        location = local_folder_or_hub(str(model_id_or_path))
         self.name = f"classifier:{location}"
         self.device = torch.device(device)
         self.batch_size = batch_size
