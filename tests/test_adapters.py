@@ -99,3 +99,20 @@ def test_lora_on_an_unknown_architecture_says_where_to_add_it():
 
     with pytest.raises(ValueError, match="ATTENTION_QUERY_VALUE"):
         add_lora(model)
+
+
+def test_an_adapter_starts_the_same_whatever_the_process_drew_before_and_leaves_its_generators_alone(tiny_profile):
+    def lora_start(draws_before):
+        model, _ = load_model_and_tokenizer(tiny_profile)
+        torch.rand(draws_before)  # a notebook's earlier cells, or a benchmark's earlier methods
+        adapted = add_lora(model, rank=4)
+        return {name: p.detach().clone() for name, p in adapted.named_parameters() if p.requires_grad}
+
+    first, second = lora_start(1), lora_start(1000)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    add_lora(load_model_and_tokenizer(tiny_profile)[0], rank=4)
+    assert torch.equal(torch.rand(3), expected)  # the process's random stream is not reset by it

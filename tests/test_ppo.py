@@ -311,7 +311,7 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tiny_profile, tmp_path
     result = train_ppo(policy, tokenizer, reward.reward, PROMPTS, config, tmp_path / "run")
 
     rewards = [record["reward_mean"] for record in result.history]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    first, last = rewards[0], sum(rewards[-5:]) / 5  # the first policy's reward, the last five steps'
     assert first < 0.4 and last > first + 0.3, rewards
     assert max(record["kl"] for record in result.history) < 20.0
     assert set(result.history[0]) == {

@@ -55,12 +55,27 @@ def lora_config(
     )
 
 
+ADAPTER_SEED = 42  # every adapter starts from the same random draw, wherever it is made
+
+
+def _seeded_peft_model(model: PreTrainedModel, config, adapter_name: str, seed: int) -> PeftModel:
+    """get_peft_model with the adapter's random start drawn from `seed`, leaving the process's generators as they were.
+
+    Otherwise the start depends on what the process drew before (a notebook's earlier cells, the
+    methods a benchmark trained first), and a checkpoint reused by fingerprint from one context
+    would not be the one another context trains.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(model, config, adapter_name=adapter_name)
+
+
 def add_lora(
     model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default",
-    targets: str = "attention",
+    targets: str = "attention", seed: int = ADAPTER_SEED,
 ) -> PeftModel:
-    """Freeze `model` and attach a trainable LoRA adapter on `targets`; returns the PEFT wrapper."""
-    return get_peft_model(model, lora_config(model, rank, alpha, targets=targets), adapter_name=adapter_name)
+    """Freeze `model` and attach a trainable LoRA adapter on `targets` (its A matrices drawn from `seed`)."""
+    return _seeded_peft_model(model, lora_config(model, rank, alpha, targets=targets), adapter_name, seed)
 
 
 def prompt_tuning_config(
@@ -89,10 +104,11 @@ def add_prompt_tuning(
     num_virtual_tokens: int = 20,
     init_text: str | None = None,
     adapter_name: str = "default",
+    seed: int = ADAPTER_SEED,
 ) -> PeftModel:
-    """Freeze `model` and prepend a trainable soft prompt to every input; returns the PEFT wrapper."""
+    """Freeze `model` and prepend a trainable soft prompt to every input (a random start drawn from `seed`)."""
     config = prompt_tuning_config(model, tokenizer, num_virtual_tokens, init_text)
-    return get_peft_model(model, config, adapter_name=adapter_name)
+    return _seeded_peft_model(model, config, adapter_name, seed)
 
 def soft_prompt(model: PeftModel, adapter_name: str = "default") -> torch.Tensor:
     """The learned virtual-token embeddings, one row per virtual token."""
