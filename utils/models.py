@@ -56,11 +56,6 @@ class ModelUnavailableError(RuntimeError):
     """The profile's model cannot be loaded on this machine (missing package, no Hub...)."""
 
 
-def model_class(profile: Profile) -> type:
-    """The Auto class for the profile's family (utils.families)."""
-    return auto_model_class(profile.is_encoder_decoder)
-
-
 def resolve_device(profile: Profile) -> torch.device:
     """The torch device for the profile; a clear error when it asks for a GPU this machine lacks.
 
@@ -129,7 +124,7 @@ def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
 def load_model(profile: Profile, **from_pretrained_kwargs) -> PreTrainedModel:
     """The profile's model on its device and dtype, from safetensors only, no remote code."""
     kwargs = {"dtype": resolve_dtype(profile), **from_pretrained_kwargs}
-    model = model_class(profile).from_pretrained(
+    model = auto_model_class(profile.is_encoder_decoder).from_pretrained(
         model_location(profile), use_safetensors=True, trust_remote_code=False, **kwargs
     )
     if "quantization_config" not in from_pretrained_kwargs and "device_map" not in kwargs:
