@@ -23,6 +23,25 @@ def test_ppo_config_takes_the_profile_settings_and_overrides():
     assert (config.top_k, config.top_p, config.do_sample) == (0, 1.0, True)  # the policy's own distribution
     assert config.init_kl_coef == 0.0 and not config.adaptive_kl
     assert ppo_config(profile).init_kl_coef > 0 and ppo_config(profile).adaptive_kl
+    assert ppo_config(profile).target_kl == profile.ppo_target_kl
+    assert ppo_config(profile).kl_horizon < profile.ppo_steps * profile.ppo_batch_size  # beta moves within the run
+
+
+def test_beta_moves_in_the_log_of_a_run_with_the_profile_settings(tiny_profile, tmp_path):
+    from utils.adapters import add_lora
+    from utils.ppo import PolicyWithValueHead, train_ppo
+    from utils.rewards import make_scorer
+
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    policy = PolicyWithValueHead(add_lora(model, rank=4))
+    config = ppo_config(tiny_profile)
+
+    result = train_ppo(policy, tokenizer, make_scorer(tiny_profile).reward, ["Summarize: a b c"] * 8, config,
+                       tmp_path / "ppo")
+
+    betas = [beta for _, beta in result.series("kl_coef")]
+    assert len(betas) == config.steps >= 2 and betas[0] == config.init_kl_coef
+    assert abs(betas[-1] / betas[0] - 1) > 0.05, betas
 
 
 def test_evaluation_seeds_are_as_many_as_the_profile_asks_and_distinct():

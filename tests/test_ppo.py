@@ -15,12 +15,15 @@ from utils.ppo import (
     PPOConfig,
     prompt_indices,
     response_mask_until_eos,
+    run_scaled_kl_horizon,
     sample_responses,
+    settings_with_reasons,
     train_ppo,
 )
 from utils.ppo_terms import (
     AdaptiveKLController,
     FixedKLController,
+    ScoreNormalizer,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -188,6 +191,45 @@ def test_adaptive_kl_coefficient_rises_above_the_target_and_falls_below():
     assert slightly_above.value == pytest.approx(0.2 * (1 + 0.1 * 100 / 10000))
 
 
+def test_scores_are_normalised_by_the_running_mean_and_std_of_all_scores_so_far():
+    batches = [torch.tensor([-9.0, 5.0, 7.5, 8.0]), torch.tensor([2.0, 8.5]), torch.tensor([-4.0, 6.0, 9.0])]
+    normalizer = ScoreNormalizer()
+
+    for seen, batch in enumerate(batches, start=1):
+        normalizer.update(batch)
+        everything = torch.cat(batches[:seen]).double()
+        assert normalizer.mean == pytest.approx(everything.mean().item())
+        assert normalizer.std == pytest.approx(everything.std().item())  # the sample std (n - 1)
+
+    all_scores = torch.cat(batches)
+    normalised = normalizer.normalize(all_scores)
+    assert normalised.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert normalised.std().item() == pytest.approx(1.0, abs=1e-6)
+    resumed = ScoreNormalizer()
+    resumed.load_state_dict(normalizer.state_dict())
+    torch.testing.assert_close(resumed.normalize(all_scores), normalised)
+
+
+def test_the_kl_horizon_scales_with_the_run_so_beta_can_move_within_it():
+    for steps, batch_size in [(20, 8), (20, 16), (2, 4)]:
+        horizon = run_scaled_kl_horizon(steps, batch_size)
+        controller = AdaptiveKLController(init_kl_coef=0.2, target=3.0, horizon=horizon)
+        for _ in range(steps):
+            controller.update(current_kl=0.3, n_steps=batch_size)  # far below the target: beta falls all run
+        assert 0.2 * 0.3 < controller.value < 0.2 * 0.9, (steps, batch_size, controller.value)
+
+    tiny_steps = AdaptiveKLController(init_kl_coef=0.2, target=3.0, horizon=run_scaled_kl_horizon(1, 4))
+    tiny_steps.update(current_kl=30.0, n_steps=4)
+    assert tiny_steps.value == pytest.approx(0.2 * 1.2)  # at most 20% a step, however short the run
+
+
+def test_every_ppo_setting_says_why_it_has_its_value():
+    rows = settings_with_reasons(PPOConfig(steps=3))
+
+    assert [row["setting"] for row in rows][:2] == ["steps", "batch_size"] and rows[0]["value"] == 3
+    assert all(len(row["why"]) > 15 for row in rows), [row["setting"] for row in rows if len(row["why"]) <= 15]
+
+
 def test_the_response_ends_with_its_first_end_of_sequence_token():
     eos, pad = 1, 0
     responses = torch.tensor([[5, eos, pad, pad], [5, 6, 7, 8], [eos, pad, pad, pad]])
@@ -315,7 +357,7 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tiny_profile, tmp_path
     assert first < 0.4 and last > first + 0.3, rewards
     assert max(record["kl"] for record in result.history) < 20.0
     assert set(result.history[0]) == {
-        "step", "reward_mean", "reward_std", "kl", "kl_coef", "clip_fraction", "value_clip_fraction",
+        "step", "reward_mean", "reward_std", "score_used_mean", "kl", "kl_coef", "clip_fraction", "value_clip_fraction",
         "entropy", "policy_loss", "value_loss", "response_length", "responses", "seconds",
     }
     assert len(result.history[0]["responses"]) == config.batch_size

@@ -92,7 +92,15 @@ def test_a_one_output_reward_model_needs_no_label(tmp_path):
     with torch.no_grad():
         logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits[:, 0]
     assert scorer.reward(TEXTS) == pytest.approx(logits.tolist(), abs=1e-5)
-    assert scorer.toxicity(TEXTS) == pytest.approx(torch.sigmoid(-logits).tolist(), abs=1e-5)
+
+
+def test_a_ranking_reward_model_is_not_read_as_a_probability_of_toxicity(tmp_path):
+    save_tiny_classifier(tmp_path / "reward_model", {0: "reward"})
+
+    scorer = ClassifierScorer(tmp_path / "reward_model")
+
+    with pytest.raises(ValueError, match="not probabilities of toxicity"):
+        scorer.toxicity(TEXTS)
 
 
 def test_a_hub_classifier_without_the_hub_gives_a_clear_error():
@@ -147,8 +155,6 @@ def test_a_one_output_reward_model_reads_each_text_with_its_dialogue(tmp_path):
 
     assert with_dialogues == pytest.approx(score_texts(model, tokenizer, TEXTS, prompts=dialogues), abs=1e-5)
     assert with_dialogues != pytest.approx(scorer.reward(TEXTS), abs=1e-5)
-    assert scorer.toxicity(TEXTS, prompts=dialogues) == pytest.approx(
-        torch.sigmoid(-torch.tensor(with_dialogues)).tolist(), abs=1e-5)
 
 
 def test_scorers_that_read_texts_alone_ignore_prompts(tmp_path):

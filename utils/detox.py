@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.generation import generate
-from utils.ppo import PPOConfig
+from utils.ppo import PPOConfig, run_scaled_kl_horizon
 from utils.profiles import Profile
 from utils.training import TrainingRun
 
@@ -54,6 +54,8 @@ def ppo_config(profile: Profile, **overrides) -> PPOConfig:
         learning_rate=profile.ppo_learning_rate,
         max_new_tokens=profile.ppo_max_new_tokens,
         temperature=profile.ppo_temperature,
+        target_kl=profile.ppo_target_kl,
+        kl_horizon=run_scaled_kl_horizon(profile.ppo_steps, profile.ppo_batch_size),
         checkpoint_every=max(1, min(5, profile.ppo_steps)),
         seed=profile.seed,
     )

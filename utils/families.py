@@ -100,7 +100,8 @@ def answer_logits_and_hidden(
     predicts response[t].
     - encoder-decoder: the encoder reads the query; the decoder reads [start] + response[:-1].
     - decoder-only: the model reads the left-padded query followed by the right-padded
-      response; the logits at query_length - 1 + t predict response[t].
+      response; the logits at query_length - 1 + t predict response[t]. The LM head runs only
+      on those positions (`logits_to_keep`): the prompt is most of the sequence.
     """
     if is_encoder_decoder:
         start = torch.full_like(response_ids[:, :1], decoder_start_token_id)
@@ -119,12 +120,13 @@ def answer_logits_and_hidden(
     # Positions count real tokens only, so a left-padded prompt sits where it would unpadded
     # (rotary-position models such as Llama give the same logits either way; absolute-position ones do not).
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    length = response_ids.shape[1]
     output = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True,
+        logits_to_keep=length + 1,  # the last length + 1 positions; the very last predicts past the response
     )
     first = query_ids.shape[1] - 1
-    last = first + response_ids.shape[1]
-    return output.logits[:, first:last], output.hidden_states[-1][:, first:last]
+    return output.logits[:, :length], output.hidden_states[-1][:, first : first + length]
 
 
 def next_token_logits(model: torch.nn.Module, encoded: dict, is_encoder_decoder: bool) -> torch.Tensor:

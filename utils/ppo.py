@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, 
 from utils.ppo_terms import (
     AdaptiveKLController,
     FixedKLController,
+    ScoreNormalizer,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -132,37 +133,47 @@ class PolicyWithValueHead(nn.Module):
 # --- configuration and rollouts -------------------------------------------------------------
 
 
+def why(default, reason: str):
+    """A PPOConfig field with the reason for its value, which `settings_with_reasons` shows."""
+    return field(default=default, metadata={"why": reason})
+
+
 @dataclass
 class PPOConfig:
     """Settings of a PPO run. `steps` and `checkpoint_every` may change between runs of one folder."""
 
-    steps: int = 20
-    batch_size: int = 16  # prompts (and responses) per step
-    mini_batch_size: int = 4  # responses per gradient update
-    ppo_epochs: int = 1  # passes over each batch
-    learning_rate: float = 1.41e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    clip_range: float = 0.2  # eps of the policy ratio clip
-    value_clip_range: float = 0.2
-    value_loss_coef: float = 0.1
-    entropy_coef: float = 0.0
-    init_kl_coef: float = 0.2  # 0.0 (with adaptive_kl off) switches the KL penalty off
-    adaptive_kl: bool = True
-    target_kl: float = 6.0  # per-response KL the adaptive controller aims at
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
+    steps: int = why(20, "PPO steps; each samples one batch of prompts")
+    batch_size: int = why(16, "prompts (and responses) per step: the samples one update learns from")
+    mini_batch_size: int = why(4, "responses per gradient update: what fits in memory with the model's activations")
+    ppo_epochs: int = why(1, "passes over each batch; more reuse each sample, and move the policy further per step")
+    learning_rate: float = why(1.41e-5, "of the LoRA matrices and the value head (TRL's default, for a full model)")
+    weight_decay: float = why(0.0, "none: the adapter starts at zero, and decay would pull it back there")
+    max_grad_norm: float = why(1.0, "clips each update's gradient norm, so one unlucky batch cannot wreck the policy")
+    clip_range: float = why(0.2, "epsilon of the ratio clip: a token's probability ratio counts only within 1 +- 0.2")
+    value_clip_range: float = why(0.2, "a value may move at most 0.2 from its old estimate per update, in units of "
+                                  "the normalised score (std 1), so about a fifth of the rewards' spread")
+    value_loss_coef: float = why(0.1, "weight of the value loss: its gradient reaches the shared LoRA matrices too")
+    entropy_coef: float = why(0.0, "no entropy bonus: the KL penalty already keeps the policy near the summarizer")
+    normalize_scores: bool = why(True, "scores to mean 0, std 1 (running): the clip, KL coefficient and value head "
+                                 "then work at one scale whatever the reward model's units")
+    init_kl_coef: float = why(0.2, "beta at the start: the penalty per token is beta x log(pi / pi_ref); 0.0 with "
+                              "adaptive_kl off switches the penalty off")
+    adaptive_kl: bool = why(True, "beta follows the KL: up when the policy drifts past target_kl, down when below")
+    target_kl: float = why(6.0, "the per-response KL from the reference the controller aims at (nats)")
+    kl_horizon: float = why(10000, "samples over which beta corrects fully: proportional to the run, so beta moves "
+                          "within it (see run_scaled_kl_horizon)")
+    gamma: float = why(1.0, "no discount: the only score comes at the end of the response")
+    lam: float = why(0.95, "GAE's lambda: mostly the sampled return, a little of the value head's estimate")
+    whiten_advantages: bool = why(True, "advantages to mean 0, std 1 per batch: the policy loss has one scale")
     # Sampling: by default the plain distribution of the policy, which is what PPO's maths assumes.
-    max_new_tokens: int = 32
-    min_new_tokens: int = 0
-    do_sample: bool = True
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
-    checkpoint_every: int = 10
-    seed: int = 42
+    max_new_tokens: int = why(32, "longest response sampled")
+    min_new_tokens: int = why(0, "responses may end whenever the policy ends them")
+    do_sample: bool = why(True, "PPO learns from the policy's own samples, not its greedy text")
+    top_k: int = why(0, "off: PPO's ratios assume the plain distribution of the policy")
+    top_p: float = why(1.0, "off, for the same reason")
+    temperature: float = why(1.0, "of sampling, and of the log-probabilities, so both are of one distribution")
+    checkpoint_every: int = why(10, "steps between checkpoints; an interrupted run resumes from the last")
+    seed: int = why(42, "of sampling and prompt order, so a rerun samples the same")
 
     def __post_init__(self):
         if self.batch_size % self.mini_batch_size:
@@ -176,6 +187,26 @@ class PPOConfig:
         if self.adaptive_kl:
             return AdaptiveKLController(self.init_kl_coef, self.target_kl, self.kl_horizon)
         return FixedKLController(self.init_kl_coef)
+
+
+def settings_with_reasons(config: PPOConfig) -> list[dict]:
+    """Each setting of `config` with its value and the reason for it: rows for a table."""
+    return [{"setting": item.name, "value": getattr(config, item.name), "why": item.metadata["why"]}
+            for item in fields(config)]
+
+
+KL_CORRECTIONS_PER_RUN = 5  # a run holds 5 horizons: beta can change by up to e^(0.2 x 5) = 2.7x either way
+
+
+def run_scaled_kl_horizon(steps: int, batch_size: int) -> float:
+    """The adaptive KL controller's horizon (in samples) for a run of steps x batch_size samples.
+
+    Each step multiplies beta by 1 + error x batch_size / horizon, with error clipped to +-0.2. With
+    TRL's horizon of 10,000 samples and a run of 20 steps of 8, beta could change by 0.3%: it would
+    look fixed. A fifth of the run's samples lets it move by up to 2.7x over the run (5% a step
+    in 20 steps); runs under 5 steps get the horizon of 5 steps, so one step moves it by 20% at most.
+    """
+    return max(steps, KL_CORRECTIONS_PER_RUN) * batch_size / KL_CORRECTIONS_PER_RUN
 
 
 @dataclass
@@ -396,11 +427,13 @@ def ppo_step(
     prompts: list[str],
     config: PPOConfig,
     reward_prompts: list[str] | None = None,
+    score_normalizer: ScoreNormalizer | None = None,
 ) -> dict:
     """One PPO step on a batch of prompts: sample, score, penalise the KL, estimate advantages, update.
 
     `reward_prompts`: what the reward function reads as each response's prompt (e.g. the bare
     dialogue), passed as `reward_fn(texts, prompts=reward_prompts)`; None calls `reward_fn(texts)`.
+    `score_normalizer`: takes in this batch's scores and normalises them (None: the raw scores).
     Returns the step's log record (without "step" and "seconds"): numbers, and the sampled
     response texts under "responses".
     """
@@ -416,9 +449,14 @@ def ppo_step(
     if scores.shape != (len(texts),):
         raise ValueError(f"reward_fn must return one number per text: {tuple(scores.shape)} for {len(texts)} texts.")
     mask = rollout.response_mask
+    if score_normalizer is not None:
+        score_normalizer.update(scores)
+        scores_used = score_normalizer.normalize(scores)
+    else:
+        scores_used = scores
 
     old_logprobs, ref_logprobs, old_values = score_rollout(policy, rollout, config)
-    rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_controller.value)
+    rewards = kl_penalized_rewards(scores_used, old_logprobs, ref_logprobs, mask, kl_controller.value)
     advantages, returns = gae_advantages(rewards, old_values, mask, config.gamma, config.lam)
     if config.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
@@ -426,8 +464,9 @@ def ppo_step(
 
     kl = per_token_kl(old_logprobs, ref_logprobs, mask).sum(dim=1).mean().item()  # per response
     record = {
-        "reward_mean": scores.mean().item(),
+        "reward_mean": scores.mean().item(),  # the reward model's own units
         "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "score_used_mean": scores_used.mean().item(),  # after normalisation: what PPO optimised
         "kl": kl,
         "kl_coef": kl_controller.value,  # the coefficient this step used
         **losses,
@@ -465,6 +504,7 @@ def train_ppo(
         policy.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     kl_controller = config.kl_controller()
+    score_normalizer = ScoreNormalizer() if config.normalize_scores else None
     history: list[dict] = []
     start_step = 0
 
@@ -487,6 +527,8 @@ def train_ppo(
         start_step = state["step"]
         history = state["history"]
         kl_controller.value = state["kl_coef"]
+        if score_normalizer is not None:
+            score_normalizer.load_state_dict(state["score_normalizer"])
         restore_rng_state(state["rng"])
     else:
         torch.manual_seed(config.seed)
@@ -502,14 +544,15 @@ def train_ppo(
         batch = [prompts[i] for i in indices]
         batch_reward_prompts = None if reward_prompts is None else [reward_prompts[i] for i in indices]
         record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config,
-                                               batch_reward_prompts)}
+                                               batch_reward_prompts, score_normalizer)}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2f}")
         if callback is not None:
             callback(record)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            run_state = {"step": step + 1, "kl_coef": kl_controller.value, "history": history, "rng": rng_state()}
+            run_state = {"step": step + 1, "kl_coef": kl_controller.value, "history": history, "rng": rng_state(),
+                         "score_normalizer": None if score_normalizer is None else score_normalizer.state_dict()}
             checkpoint = run.checkpoint_folder(step + 1)
             save_checkpoint(checkpoint, policy, optimizer, run_state)
             run.keep_only(checkpoint)

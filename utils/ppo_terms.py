@@ -2,6 +2,7 @@
 
 For one batch of prompts and the responses the policy sampled for them:
 
+    score      = (reward model's score - running mean) / running std       (ScoreNormalizer)
     reward_t   = -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))   (+ the sequence score on the last token)
     advantage  = GAE(reward, value, gamma, lam)
     loss       = policy clipped surrogate + value_loss_coef * value loss - entropy_coef * entropy
@@ -158,7 +159,7 @@ class AdaptiveKLController:
         coef  = coef * (1 + error * n_steps / horizon)
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+    def __init__(self, init_kl_coef: float, target: float, horizon: float):
         self.value = init_kl_coef
         self.target = target
         self.horizon = horizon
@@ -167,3 +168,49 @@ class AdaptiveKLController:
         """Raise the coefficient when the KL is above target, lower it when below; `n_steps`: samples seen."""
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class ScoreNormalizer:
+    """Scores to mean 0 and std 1, by the running mean and std of every score seen so far.
+
+    A reward model's scale is arbitrary (the profanity model's log-odds span about -9 to +9),
+    while PPO's other settings assume rewards of about unit size: the value clip (0.2) and the
+    KL coefficient (a penalty per token of beta times the log-ratio) are in reward units. As
+    Ziegler et al. (2019) normalised their reward model to mean 0 and std 1, the scores are
+    normalised here; the running statistics include the current batch, so the first step
+    is normalised by its own scores.
+    """
+
+    def __init__(self, eps: float = 1e-6):
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean (Chan et al.'s parallel update)
+        self.eps = eps
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def update(self, scores: torch.Tensor) -> None:
+        """Add a batch of scores to the running statistics."""
+        values = scores.detach().double().flatten()
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean = values.mean().item()
+        batch_m2 = ((values - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        """(scores - mean) / std with the statistics so far."""
+        return (scores - self.mean) / max(self.std, self.eps)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])

@@ -88,6 +88,7 @@ class Profile:
     ppo_learning_rate: float
     ppo_max_new_tokens: int
     ppo_temperature: float
+    ppo_target_kl: float  # per-response KL from the reference the adaptive coefficient aims at
     ppo_eval_seeds: int
     ppo_hacking_steps: int
     ppo_hacking_learning_rate: float

@@ -3,6 +3,8 @@
 Every toxicity scorer offers the same two methods:
 - `toxicity(texts)`: the probability that each text is toxic, from 0 to 1;
 - `reward(texts)`: what PPO maximises, higher for less toxic text.
+A reward model trained on rankings (notebook 07, Bradley-Terry) has only `reward`: its score
+says which of two texts is better, not how likely one is to be toxic, so its `toxicity` refuses.
 Both also take `prompts=`, the dialogue each text summarizes: a reward model trained on
 (dialogue, summary) pairs (notebook 07) reads them; the other scorers ignore them.
 
@@ -81,7 +83,9 @@ class ClassifierScorer:
     reward = the logit of the non-toxic label (as in the original lab);
     toxicity = 1 - softmax probability of the non-toxic label.
     A model with a single output (a reward model such as notebook 07 trains) needs no label:
-    reward = its output, toxicity = sigmoid(-output), reading the output as log-odds of a good text.
+    reward = its output. It gives no toxicity: a Bradley-Terry score is defined only up to a shift
+    (adding a constant to every score leaves every ranking, and the training loss, unchanged), so
+    sigmoid(-score) would be a number with no meaning; measure toxicity with a classifier.
     Such a model reads each text with its dialogue when `prompts` are given, encoded exactly as
     in its training (utils.reward_model.score_texts); a classifier with labels reads the text alone.
     """
@@ -132,9 +136,12 @@ class ClassifierScorer:
         return self.logits(texts, prompts)[:, self.non_toxic_index].tolist()
 
     def toxicity(self, texts: list[str], prompts: list[str] | None = None) -> list[float]:
+        if self.reads_prompts:
+            raise ValueError(
+                f"{self.name} is a reward model trained on rankings: its scores compare texts and are not "
+                "probabilities of toxicity. Measure toxicity with make_scorer(profile), and use this model's reward()."
+            )
         logits = self.logits(texts, prompts)
-        if logits.shape[1] == 1:
-            return torch.sigmoid(-logits[:, 0]).tolist()
         probabilities = torch.softmax(logits, dim=-1)
         return (1.0 - probabilities[:, self.non_toxic_index]).tolist()
 
