@@ -38,7 +38,7 @@ NOTEBOOK = "bench_compare_methods"
 
 def checkpoint_name(method: str, rank: int) -> str:
     """The checkpoint folder the notebooks use for each method, so finished trainings are shared."""
-    return {"full": "full", "lora": f"lora-r{rank}", "prompt_tuning": "prompt-tuning-text", "qlora": f"qlora-r{rank}"}[method]
+    return {"full": "full", "feature_extraction": "feature-extraction", "lora": f"lora-r{rank}", "prompt_tuning": "prompt-tuning-text", "qlora": f"qlora-r{rank}"}[method]
 
 
 def targets_variant(method: str, lora_targets: str | None) -> str:

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from utils.adapters import add_lora, add_prompt_tuning, attention_targets, nearest_tokens, soft_prompt
+from utils.adapters import (
+    add_lora,
+    add_prompt_tuning,
+    attention_targets,
+    nearest_tokens,
+    soft_prompt,
+    train_last_blocks_only,
+)
 from utils.models import count_parameters, load_model_and_tokenizer
 
 
@@ -29,6 +36,27 @@ def test_lora_on_all_linear_layers_adapts_every_linear_layer_but_the_output_head
     adapted = {name.removeprefix("base_model.model.") for name, module in wrapped.named_modules() if hasattr(module, "lora_A")}
     assert head and adapted == linear_layers - head
     assert len(adapted) > 2 * len(attention_targets(model))  # more than query and value
+
+
+def test_feature_extraction_trains_the_last_block_and_final_norm_and_nothing_else(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    _, total = count_parameters(model)
+    blocks = "decoder.block." if model.config.is_encoder_decoder else "model.layers."
+    last = max(int(name.removeprefix(blocks).split(".")[0]) for name, _ in model.named_parameters() if blocks in name)
+
+    train_last_blocks_only(model, blocks=1)
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(f"{blocks}{last}." in name or "norm" in name for name in trainable), trainable
+    assert not any("embed" in name or "shared" in name or "encoder" in name for name in trainable)
+    assert 0 < count_parameters(model)[0] < total
+
+
+def test_feature_extraction_of_more_blocks_than_the_model_has_is_refused(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+
+    with pytest.raises(ValueError, match="blocks must be between 1 and"):
+        train_last_blocks_only(model, blocks=99)
 
 
 def test_lora_targets_other_than_attention_or_all_linear_are_refused(tiny_model_and_tokenizer):

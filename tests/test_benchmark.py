@@ -15,6 +15,8 @@ def test_each_method_trains_a_few_steps_and_reports_its_costs(method, tiny_profi
     assert 0 < row["trainable_params"] <= row["total_params"]
     if method == "full":
         assert row["trainable_params"] == row["total_params"]
+    elif method == "feature_extraction":  # one block of a tiny model's few is a large share
+        assert row["trainable_params"] < row["total_params"] / 2
     else:
         assert row["trainable_params"] < row["total_params"] / 10
 

@@ -1,5 +1,5 @@
-"""Parameter-efficient fine-tuning with PEFT: LoRA adapters (on the attention projections or on every
-linear layer), and soft prompts."""
+"""Training few parameters: LoRA adapters (on the attention projections or on every linear layer) and
+soft prompts with PEFT, and feature extraction (only the last block trains, the rest is frozen)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PeftModel, PeftType, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.families import peft_task_type
+from utils.families import last_layers, peft_task_type
 
 # Query and value projections, by architecture: their module names differ per architecture, not per family.
 ATTENTION_QUERY_VALUE = {
@@ -68,6 +68,21 @@ def _seeded_peft_model(model: PreTrainedModel, config, adapter_name: str, seed: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+FEATURE_EXTRACTION_BLOCKS = 1  # the course's feature extraction trains the last block (and the final norm)
+
+
+def train_last_blocks_only(model: PreTrainedModel, blocks: int = FEATURE_EXTRACTION_BLOCKS) -> PreTrainedModel:
+    """Feature extraction: freeze `model` except its last `blocks` blocks and final norm (in place).
+
+    The frozen layers then act as a fixed feature extractor and only the top of the network
+    learns; unlike LoRA, the trained weights are the model's own, so nothing is added.
+    """
+    model.requires_grad_(False)
+    for module in last_layers(model, model.config.is_encoder_decoder, blocks):
+        module.requires_grad_(True)
+    return model
 
 
 def add_lora(

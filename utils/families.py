@@ -9,7 +9,8 @@ other module calls these functions with `is_encoder_decoder` and has no branch o
 - training examples: separate encoder input and decoder labels, or one sequence whose prompt
   positions carry no labels;
 - generation: how prompts are padded, and where the answer starts in what `generate` returns;
-- scoring a given answer: the logits that predict each of its tokens (PPO, next-token plots).
+- scoring a given answer: the logits that predict each of its tokens (PPO, next-token plots);
+- feature extraction: which layers are the last ones before the output head.
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def auto_model_class(is_encoder_decoder: bool) -> type:
 def peft_task_type(is_encoder_decoder: bool) -> TaskType:
     """The PEFT task type of the family."""
     return TaskType.SEQ_2_SEQ_LM if is_encoder_decoder else TaskType.CAUSAL_LM
+
+
+def last_layers(model: torch.nn.Module, is_encoder_decoder: bool, blocks: int) -> list[torch.nn.Module]:
+    """The last `blocks` blocks of the stack that writes the answer, and its final norm.
+
+    Encoder-decoder: the decoder's blocks (T5's `decoder.block`); decoder-only: the model's
+    layers (Llama's `model.layers`). What comes after them is the output head.
+    """
+    decoder = model.get_decoder()
+    stack, norm = (decoder.block, decoder.final_layer_norm) if is_encoder_decoder else (decoder.layers, decoder.norm)
+    if not 1 <= blocks <= len(stack):
+        raise ValueError(f"blocks must be between 1 and {len(stack)} (the model's blocks), not {blocks}.")
+    return [*stack[-blocks:], norm]
 
 
 def uses_chat_template(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool) -> bool:

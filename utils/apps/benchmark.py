@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from utils.adapters import add_lora, add_prompt_tuning
+from utils.adapters import FEATURE_EXTRACTION_BLOCKS, add_lora, add_prompt_tuning, train_last_blocks_only
 from utils.data import TrainingCollator, load_profile_data, tokenize_for_training, training_collator
 from utils.families import answer_loss
 from utils.models import count_parameters, load_model, load_tokenizer, resolve_device
@@ -23,7 +23,7 @@ from utils.plumbing.measure import PeakMemory
 from utils.profiles import Profile
 from utils.prompts import SOFT_PROMPT_INIT_TEXT
 
-TRAINING_METHODS = ("full", "lora", "prompt_tuning", "qlora")
+TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 
 
 # Where each LoRA method puts its adapters in the notebooks (utils.adapters.LORA_TARGETS).
@@ -41,6 +41,8 @@ def model_for_method(
         lora_targets = lora_targets or DEFAULT_LORA_TARGETS[method]
     if method == "full":
         return load_model(profile), profile.full_learning_rate
+    if method == "feature_extraction":  # the optimizer of full fine-tuning; only what trains differs
+        return train_last_blocks_only(load_model(profile), FEATURE_EXTRACTION_BLOCKS), profile.full_learning_rate
     if method == "lora":
         return add_lora(load_model(profile), rank=profile.lora_rank, targets=lora_targets), profile.peft_learning_rate
     if method == "prompt_tuning":

@@ -71,7 +71,7 @@ def plot_rouge_by_method(records: list[dict], path: Path) -> Path | None:
 
 
 # The methods the course compares on one table, in teaching order, and what the table shows.
-COMPARED_METHODS = ("base", "full", "lora", "prompt_tuning", "qlora")
+COMPARED_METHODS = ("base", "full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 COMPARISON_COLUMNS = (*ROUGE_TYPES, "trainable_params", "trainable_percent", "saved_bytes", "peak_memory_mb",
                       "train_seconds", "tokens_per_second")
 

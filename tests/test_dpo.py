@@ -1,0 +1,112 @@
+"""The DPO loss: by hand, against TRL's DPOTrainer on the same batch, and a few steps of it on both families."""
+
+import math
+
+import pytest
+import torch
+
+from utils.adapters import add_lora
+from utils.dpo import dpo_loss, sequence_logprobs
+from utils.models import load_model_and_tokenizer
+from utils.profiles import get_profile
+from utils.prompts import encode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PAIRS = [  # prompt, chosen, rejected
+    ("Summarize: the customer asks for a refund.", " The customer asks for a refund.", " The idiot wants money."),
+    ("Summarize: the train is late again.", " The train is late.", " Shut up about the train."),
+]
+
+
+def test_the_loss_of_one_pair_by_hand():
+    loss, chosen_reward, rejected_reward = dpo_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.5]), beta=0.5)
+
+    # chosen: 0.5 x (-10 + 11) = 0.5; rejected: 0.5 x (-12 + 11.5) = -0.25; loss = -log sigmoid(0.75)
+    assert chosen_reward.item() == pytest.approx(0.5) and rejected_reward.item() == pytest.approx(-0.25)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.75))))
+
+
+def random_adapter(model, seed=0):
+    """A LoRA adapter whose B matrices are not zero, so the policy differs from its reference."""
+    model = add_lora(model, rank=4)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+def split_trl_batch(batch, pad_id):
+    """TRL's rows (prompt + completion, right-padded) as the course's (query left-padded, response right-padded)."""
+    queries, responses = [], []
+    for ids, attention, completion in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]):
+        start, end = int(completion.argmax()), int(attention.sum())
+        queries.append(ids[:start])
+        responses.append(ids[start:end])
+
+    def padded(rows, left):
+        width = max(map(len, rows))
+        ids = [torch.cat([torch.full((width - len(r),), pad_id), r] if left else [r, torch.full((width - len(r),), pad_id)])
+               for r in rows]
+        masks = [torch.cat([torch.zeros(width - len(r)), torch.ones(len(r))] if left
+                           else [torch.ones(len(r)), torch.zeros(width - len(r))]).long() for r in rows]
+        return torch.stack(ids), torch.stack(masks)
+
+    return (*padded(queries, left=True), *padded(responses, left=False))
+
+
+def test_the_course_dpo_loss_is_trls_on_the_same_batch(tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    model, tokenizer = load_model_and_tokenizer(get_profile("tiny-causal"))
+    model = random_adapter(model)
+    pairs = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
+    args = DPOConfig(output_dir=str(tmp_path), beta=0.3, per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
+    trainer.model.delete_adapter("ref")  # TRL's reference is then the adapter switched off, as the course's
+    batch = next(iter(trainer.get_train_dataloader()))  # rows: the chosen responses, then the rejected ones
+    model.eval()
+
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, batch)
+        tensors = split_trl_batch(batch, tokenizer.pad_token_id)
+        logps = sequence_logprobs(model, False, *tensors)
+        with model.disable_adapter():
+            ref_logps = sequence_logprobs(model, False, *tensors)
+    ours, chosen_rewards, rejected_rewards = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=0.3)
+
+    assert abs(trl_loss.item() - math.log(2)) > 1e-3  # the policy is not its reference: the check can fail
+    torch.testing.assert_close(ours, trl_loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("profile_name", ["tiny", "tiny-causal"])
+def test_a_few_dpo_steps_raise_the_chosen_responses_above_the_rejected(profile_name):
+    model, tokenizer = load_model_and_tokenizer(get_profile(profile_name))
+    model = add_lora(model, rank=4)
+    is_encoder_decoder = model.config.is_encoder_decoder
+    tokenizer.padding_side = "right" if is_encoder_decoder else "left"
+    query = encode(tokenizer, [p for p, _, _ in PAIRS] * 2, is_encoder_decoder, return_tensors="pt", padding=True)
+    tokenizer.padding_side = "right"
+    responses = tokenizer([c for _, c, _ in PAIRS] + [r for _, _, r in PAIRS], add_special_tokens=False,
+                          return_tensors="pt", padding=True)
+    tensors = (query["input_ids"], query["attention_mask"], responses["input_ids"], responses["attention_mask"])
+    start = model.config.decoder_start_token_id if is_encoder_decoder else None
+    with torch.no_grad(), model.disable_adapter():
+        ref_logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+    margins = []
+    for _ in range(6):
+        logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+        loss, chosen, rejected = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=0.1)
+        margins.append((chosen - rejected).mean().item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    assert margins[0] == pytest.approx(0.0, abs=1e-5)  # the adapter starts at zero: the policy is its reference
+    assert margins[-1] > 0.05, margins
