@@ -1,12 +1,13 @@
 """The DPO loss: by hand, against TRL's DPOTrainer on the same batch, and a few steps of it on both families."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from utils.adapters import add_lora
-from utils.dpo import dpo_loss, sequence_logprobs
+from utils.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
 from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 from utils.prompts import encode
@@ -110,3 +111,53 @@ def test_a_few_dpo_steps_raise_the_chosen_responses_above_the_rejected(profile_n
 
     assert margins[0] == pytest.approx(0.0, abs=1e-5)  # the adapter starts at zero: the policy is its reference
     assert margins[-1] > 0.05, margins
+
+
+def detox_pairs(n=8):
+    from utils.rl_data import load_detox
+
+    rows = load_detox("train")[:n]
+    return PreferencePairs([f"Summarize: {row['dialogue']}" for row in rows], [row["summary"] for row in rows],
+                           [row["careless_summary"] for row in rows])
+
+
+def test_train_dpo_raises_the_margin_and_a_rerun_reuses_the_finished_run(tiny_profile, tmp_path, capsys):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    model = add_lora(model, rank=4)
+    config = DPOConfig(steps=4, batch_size=4, learning_rate=1e-2, max_response_tokens=24, checkpoint_every=2)
+
+    result = train_dpo(model, tokenizer, detox_pairs(), config, tmp_path / "dpo")
+
+    assert [record["step"] for record in result.history] == [1, 2, 3, 4]
+    assert result.history[0]["margin"] == pytest.approx(0.0, abs=1e-5)  # the fresh adapter is its reference
+    assert result.history[-1]["margin"] > result.history[0]["margin"]
+    again, _ = load_model_and_tokenizer(tiny_profile)
+    reused = train_dpo(add_lora(again, rank=4), tokenizer, detox_pairs(), config, tmp_path / "dpo")
+    assert reused.reused and "Reusing the finished DPO run" in capsys.readouterr().out
+    assert reused.history == result.history
+    for (name, trained), (_, loaded) in zip(model.named_parameters(), reused.model.named_parameters()):
+        if "lora_" in name:
+            torch.testing.assert_close(trained, loaded)
+
+
+def test_a_longer_dpo_rerun_resumes_and_matches_a_run_never_interrupted(tiny_profile, tmp_path, capsys):
+    def fresh():
+        model, tokenizer = load_model_and_tokenizer(tiny_profile)
+        return add_lora(model, rank=4), tokenizer
+
+    config = DPOConfig(steps=2, batch_size=4, learning_rate=1e-2, max_response_tokens=24, checkpoint_every=1)
+    model, tokenizer = fresh()
+    train_dpo(model, tokenizer, detox_pairs(), config, tmp_path / "run")
+    model, tokenizer = fresh()
+    resumed = train_dpo(model, tokenizer, detox_pairs(), replace(config, steps=4), tmp_path / "run")
+    model, tokenizer = fresh()
+    straight = train_dpo(model, tokenizer, detox_pairs(), replace(config, steps=4), tmp_path / "straight")
+
+    assert "Resuming from step 2" in capsys.readouterr().out and resumed.resumed_from == 2
+    without_time = [[{k: v for k, v in r.items() if k != "seconds"} for r in run.history] for run in (resumed, straight)]
+    assert without_time[0] == without_time[1]
+
+
+def test_pairs_without_one_chosen_and_one_rejected_response_per_prompt_are_refused():
+    with pytest.raises(ValueError, match="one chosen and one rejected"):
+        PreferencePairs(["a", "b"], ["x"], ["y", "z"])

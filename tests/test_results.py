@@ -142,6 +142,9 @@ def test_write_report_shows_alignment_and_reward_model_results_in_their_own_tabl
                   toxicity_difference=-0.15, ci_low=-0.2, ci_high=-0.1, ci_excludes_zero=True,
                   rouge1_before=0.41, rouge1_after=0.39)
     record_result("tiny", "07_reward_modelling", "reward_model", "m", test_accuracy=0.9, untrained_accuracy=0.5)
+    record_result("tiny", "08_dpo", "dpo", "m", toxicity_before_mean=0.4, toxicity_after_mean=0.2,
+                  toxicity_difference=-0.2, ci_low=-0.3, ci_high=-0.1, ci_excludes_zero=True,
+                  rouge1_before=0.41, rouge1_after=0.4)
 
     text = write_report("tiny").read_text()
     results = text.split("## Results")[1].split("##")[0]
@@ -152,3 +155,5 @@ def test_write_report_shows_alignment_and_reward_model_results_in_their_own_tabl
     assert "| 06_rlhf_ppo | ppo | 0.4000 | 0.2500 | -0.1500 | -0.2000 | -0.1000 | yes | 0.4100 | 0.3900 |" in text
     assert "## Reward model (notebook 07)" in text
     assert "| 07_reward_modelling | reward_model | 0.9000 | 0.5000 |" in text
+    assert "## Alignment with DPO (notebook 08)" in text
+    assert "| 08_dpo | dpo | 0.4000 | 0.2000 | -0.2000 | -0.3000 | -0.1000 | yes | 0.4100 | 0.4000 |" in text

@@ -3,7 +3,9 @@
 - `fine_tuned_summarizer(profile)`: notebook 03's LoRA summarizer (its finished run reused,
   otherwise trained), with the adapter merged into the weights: a plain model again, ready
   for a fresh PPO adapter whose "switched off" state is exactly this summarizer.
-- `ppo_config(profile)`: the profile's PPO settings as a `PPOConfig`.
+- `ppo_config(profile)`: the profile's PPO settings as a `PPOConfig`; `dpo_config(profile)` those of DPO.
+- `detox_preferences(rows, tokenizer, profile)`: the dialogues as DPO pairs, the neutral summary
+  chosen and the careless one rejected.
 - `sample_summaries(...)`: several sampled summaries per prompt, one per seed, with the PPO
   sampling settings, so before and after are measured on the distribution PPO trains.
 """
@@ -18,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.generation import generate
+from utils.dpo import DPOConfig, PreferencePairs
 from utils.ppo import PPOConfig, run_scaled_kl_horizon
 from utils.profiles import Profile
 from utils.training import TrainingRun
@@ -60,6 +63,28 @@ def ppo_config(profile: Profile, **overrides) -> PPOConfig:
         seed=profile.seed,
     )
     return replace(config, **overrides) if overrides else config
+
+
+def dpo_config(profile: Profile, **overrides) -> DPOConfig:
+    """DPOConfig from the profile's dpo_* settings (responses as long as the summaries it trains on), plus `overrides`."""
+    config = DPOConfig(
+        steps=profile.dpo_steps,
+        batch_size=profile.dpo_batch_size,
+        learning_rate=profile.dpo_learning_rate,
+        beta=profile.dpo_beta,
+        max_response_tokens=profile.max_target_tokens,
+        checkpoint_every=max(1, min(5, profile.dpo_steps)),
+        seed=profile.seed,
+    )
+    return replace(config, **overrides) if overrides else config
+
+
+def detox_preferences(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, profile: Profile) -> PreferencePairs:
+    """Detox rows as preference pairs: the summarizer's prompt, the neutral summary chosen, the careless one rejected."""
+    from utils.data import prompts_for
+
+    return PreferencePairs(prompts_for([row["dialogue"] for row in rows], tokenizer, profile),
+                           [row["summary"] for row in rows], [row["careless_summary"] for row in rows])
 
 
 def evaluation_seeds(profile: Profile) -> list[int]:

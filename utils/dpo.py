@@ -16,11 +16,29 @@ families: TRL's DPOTrainer supports decoder-only models only.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
-from utils.families import answer_logits_and_hidden
+from utils.families import answer_ids, answer_logits_and_hidden, prompt_padding_side
+from utils.plumbing.files import atomic_directory, write_json_atomic
+from utils.plumbing.measure import PeakMemory
+from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
+from utils.ppo import prompt_indices, why
 from utils.ppo_terms import logprobs_from_logits
+from utils.prompts import encode
 
 
 def sequence_logprobs(
@@ -59,3 +77,204 @@ def dpo_loss(
     rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+@dataclass
+class DPOConfig:
+    """Settings of a DPO run. `steps` and `checkpoint_every` may change between runs of one folder."""
+
+    steps: int = why(20, "optimizer steps; each reads one batch of preference pairs")
+    batch_size: int = why(8, "pairs per step (the chosen and the rejected response of each)")
+    learning_rate: float = why(3e-4, "of the LoRA matrices: a fresh adapter starts at zero and must move")
+    beta: float = why(0.1, "strength of the pull towards the reference: the implicit KL penalty (the DPO paper's 0.1)")
+    max_grad_norm: float = why(1.0, "clips each update's gradient norm, so one batch cannot wreck the policy")
+    max_response_tokens: int = why(64, "longest response read; longer ones are cut")
+    checkpoint_every: int = why(10, "steps between checkpoints; an interrupted run resumes from the last")
+    seed: int = why(42, "of the order of the pairs, so a rerun reads the same batches")
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps must be >= 0, batch_size and checkpoint_every >= 1.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, not {self.beta}.")
+
+
+@dataclass
+class PreferencePairs:
+    """Prompts with a chosen and a rejected response each (texts)."""
+
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+
+    def __post_init__(self):
+        if not (len(self.prompts) == len(self.chosen) == len(self.rejected)) or not self.prompts:
+            raise ValueError(f"Pairs need one chosen and one rejected response per prompt: {len(self.prompts)} "
+                             f"prompts, {len(self.chosen)} chosen, {len(self.rejected)} rejected.")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def pair_tensors(
+    tokenizer: PreTrainedTokenizerBase, pairs: PreferencePairs, rows: list[int], is_encoder_decoder: bool,
+    max_response_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(query ids, query mask, response ids, response mask) of the chosen responses of `rows`, then the rejected.
+
+    Queries padded as the family generates; responses right-padded, each ending with the end-of-sequence token.
+    """
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = prompt_padding_side(is_encoder_decoder)
+    try:
+        prompts = [pairs.prompts[i] for i in rows]
+        query = encode(tokenizer, prompts + prompts, is_encoder_decoder, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous_side
+    texts = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
+    answers = answer_ids(tokenizer, texts, max_response_tokens, is_encoder_decoder)
+    width = max(len(a) for a in answers)
+    response_ids = torch.tensor([a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers])
+    response_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    return query["input_ids"], query["attention_mask"], response_ids, response_mask
+
+
+def dpo_step(model: PeftModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
+             pairs: PreferencePairs, rows: list[int], config: DPOConfig) -> dict:
+    """One optimizer step on the pairs `rows`; returns the step's log record (without "step" and "seconds")."""
+    is_encoder_decoder = model.config.is_encoder_decoder
+    start = model.config.decoder_start_token_id if is_encoder_decoder else None
+    tensors = [t.to(model.device) for t in pair_tensors(tokenizer, pairs, rows, is_encoder_decoder,
+                                                         config.max_response_tokens)]
+    with torch.no_grad(), model.disable_adapter():
+        ref_logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    loss, chosen_rewards, rejected_rewards = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=config.beta)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+    optimizer.step()
+    margins = chosen_rewards - rejected_rewards
+    return {
+        "loss": loss.item(),
+        "chosen_reward": chosen_rewards.mean().item(),  # beta x (log pi - log pi_ref) of the chosen responses
+        "rejected_reward": rejected_rewards.mean().item(),
+        "margin": margins.mean().item(),
+        "accuracy": (margins > 0).float().mean().item(),  # share of pairs the policy now ranks right
+    }
+
+
+@dataclass
+class DPOResult:
+    model: PeftModel
+    output_dir: Path
+    history: list[dict] = field(default_factory=list)
+    reused: bool = False
+    resumed_from: int = 0
+    peak_memory_mb: float | None = None  # of the steps trained in this process (reused: when first trained)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(record["seconds"] for record in self.history)
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one logged quantity, for plots."""
+        return [(record["step"], record[key]) for record in self.history]
+
+
+CHECKPOINT_STATE = "state.json"  # the file a DPO checkpoint writes last
+
+
+def run_fingerprint(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: PreferencePairs,
+                    config: DPOConfig) -> str:
+    """The settings (all but steps and checkpoint_every), the model's name, the adapter's shape and the pairs."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")}
+    adapter = model.peft_config[model.active_adapter]
+    targets = adapter.target_modules
+    texts = "\x00".join(pairs.prompts + pairs.chosen + pairs.rejected)
+    identity = {
+        "model": model.get_base_model().config.name_or_path,
+        "adapter": {"r": adapter.r, "alpha": adapter.lora_alpha,
+                    "targets": targets if isinstance(targets, str) else sorted(targets)},
+        "tokenizer": tokenizer.name_or_path,
+        "pairs": hashlib.sha256(texts.encode("utf-8")).hexdigest(),
+    }
+    return fingerprint(settings, str(identity))
+
+
+def save_checkpoint(folder: Path, model: PeftModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Adapter, optimizer and run state together; an interruption leaves the previous checkpoint."""
+    with atomic_directory(folder) as staging:
+        save_file(get_peft_model_state_dict(model), str(staging / "adapter_model.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        write_json_atomic(staging / CHECKPOINT_STATE, state)
+
+
+def load_checkpoint(folder: Path, model: PeftModel, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Load a checkpoint's adapter (and optimizer state) in place; return its run state."""
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors"), device=str(model.device)))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=model.device, weights_only=True))
+    return read_state(folder)
+
+
+def read_state(checkpoint: Path) -> dict:
+    """The run state (step, history, RNG) a checkpoint holds."""
+    return json.loads((checkpoint / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+
+
+def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: PreferencePairs, config: DPOConfig,
+              output_dir: str | os.PathLike) -> DPOResult:
+    """Train `model`'s LoRA adapter with DPO on `pairs`, the reference being the adapter switched off.
+
+    Checkpoints go to `output_dir`: a rerun with the same settings resumes from the last one, or
+    loads the finished run without training; a folder from other settings is discarded.
+    """
+    output_dir = Path(output_dir)
+    run = RunFolder(output_dir, run_fingerprint(model, tokenizer, pairs, config), "DPO run")
+    run.claim()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    history: list[dict] = []
+    start_step = 0
+    last = run.last_checkpoint(CHECKPOINT_STATE)
+    state = None if last is None else read_state(last)
+    if state is not None and state["step"] > config.steps:
+        print(f"{output_dir} holds a longer DPO run ({state['step']} steps); starting afresh.")
+        run.discard()
+        run.claim()
+        last = state = None
+    finished = run.finished()
+    if finished is not None and finished["steps"] == config.steps and state is not None:
+        load_checkpoint(last, model, optimizer=None)
+        print(f"Reusing the finished DPO run in {output_dir} (delete the folder to train again).")
+        return DPOResult(model, output_dir, state["history"], reused=True, resumed_from=state["step"],
+                         peak_memory_mb=finished.get("peak_memory_mb"))
+    run.reopen()
+    if state is not None:
+        load_checkpoint(last, model, optimizer)
+        print(f"Resuming from step {state['step']}")
+        start_step, history = state["step"], state["history"]
+        restore_rng_state(state["rng"])
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+    model.eval()  # no dropout: the policy and its reference must differ by the adapter alone
+    progress = tqdm(range(start_step, config.steps), desc="DPO", initial=start_step, total=config.steps,
+                    disable=os.environ.get("TQDM_DISABLE") == "1")
+    with PeakMemory(model.device) as memory:
+        for step in progress:
+            started = time.perf_counter()
+            rows = prompt_indices(len(pairs), config.batch_size, step, config.seed)
+            record = {"step": step + 1, **dpo_step(model, tokenizer, optimizer, pairs, rows, config)}
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            progress.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['margin']:.2f}")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                checkpoint = run.checkpoint_folder(step + 1)
+                save_checkpoint(checkpoint, model, optimizer, {"step": step + 1, "history": history, "rng": rng_state()})
+                run.keep_only(checkpoint)
+    run.finish({"steps": config.steps, "peak_memory_mb": memory.peak_mb})
+    return DPOResult(model, output_dir, history, reused=False, resumed_from=start_step, peak_memory_mb=memory.peak_mb)

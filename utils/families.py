@@ -63,16 +63,25 @@ def inputs_and_labels(
     Decoder-only: prompt and target form one sequence; the prompt's labels are IGNORE_INDEX,
     so the loss counts only the target (and the end-of-sequence token after it).
     """
+    answers = answer_ids(tokenizer, targets, max_target_tokens, is_encoder_decoder)
     if is_encoder_decoder:
-        labels = tokenizer(text_target=targets, max_length=max_target_tokens, truncation=True)["input_ids"]
-        return prompt_ids, labels
-    answers = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        return prompt_ids, answers
     input_ids, labels = [], []
     for prompt, answer in zip(prompt_ids, answers):
-        answer = answer[: max_target_tokens - 1] + [tokenizer.eos_token_id]
         input_ids.append(prompt + answer)
         labels.append([IGNORE_INDEX] * len(prompt) + answer)
     return input_ids, labels
+
+
+def answer_ids(
+    tokenizer: PreTrainedTokenizerBase, targets: list[str], max_target_tokens: int, is_encoder_decoder: bool
+) -> list[list[int]]:
+    """Token ids of answers as the model learns to write them: at most `max_target_tokens`, the last one
+    the end-of-sequence token (T5's tokenizer appends </s> to a target; a decoder-only model gets its eos)."""
+    if is_encoder_decoder:
+        return tokenizer(text_target=targets, max_length=max_target_tokens, truncation=True)["input_ids"]
+    answers = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    return [answer[: max_target_tokens - 1] + [tokenizer.eos_token_id] for answer in answers]
 
 
 def prompt_padding_side(is_encoder_decoder: bool) -> str:

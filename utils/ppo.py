@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
 from utils.plumbing.files import atomic_directory, write_json_atomic
+from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
 from utils.ppo_terms import (
     AdaptiveKLController,
@@ -296,6 +297,7 @@ class PPOResult:
     history: list[dict] = field(default_factory=list)
     reused: bool = False  # True when the finished run was loaded instead of trained
     resumed_from: int = 0  # the step training continued from (0: from the start)
+    peak_memory_mb: float | None = None  # of the steps trained in this process (reused: when first trained)
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """(step, value) pairs of one logged quantity, for plots."""
@@ -519,7 +521,8 @@ def train_ppo(
     if finished is not None and finished["steps"] == config.steps and state is not None:
         load_checkpoint(last, policy, optimizer=None)
         print(f"Reusing the finished PPO run in {output_dir} (delete the folder to train again).")
-        return PPOResult(policy, output_dir, state["history"], reused=True, resumed_from=state["step"])
+        return PPOResult(policy, output_dir, state["history"], reused=True, resumed_from=state["step"],
+                         peak_memory_mb=finished.get("peak_memory_mb"))
     run.reopen()  # a finished shorter run goes on from its last checkpoint
     if state is not None:
         load_checkpoint(last, policy, optimizer)
@@ -538,23 +541,24 @@ def train_ppo(
     policy.eval()  # no dropout: the policy that samples and the one being updated must be the same function
     progress = tqdm(range(start_step, config.steps), desc="PPO", initial=start_step, total=config.steps,
                     disable=os.environ.get("TQDM_DISABLE") == "1")
-    for step in progress:
-        started = time.perf_counter()
-        indices = prompt_indices(len(prompts), config.batch_size, step, config.seed)
-        batch = [prompts[i] for i in indices]
-        batch_reward_prompts = None if reward_prompts is None else [reward_prompts[i] for i in indices]
-        record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config,
-                                               batch_reward_prompts, score_normalizer)}
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2f}")
-        if callback is not None:
-            callback(record)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            run_state = {"step": step + 1, "kl_coef": kl_controller.value, "history": history, "rng": rng_state(),
-                         "score_normalizer": None if score_normalizer is None else score_normalizer.state_dict()}
-            checkpoint = run.checkpoint_folder(step + 1)
-            save_checkpoint(checkpoint, policy, optimizer, run_state)
-            run.keep_only(checkpoint)
-    run.finish({"steps": config.steps})
-    return PPOResult(policy, output_dir, history, reused=False, resumed_from=start_step)
+    with PeakMemory(policy.device) as memory:
+        for step in progress:
+            started = time.perf_counter()
+            indices = prompt_indices(len(prompts), config.batch_size, step, config.seed)
+            batch = [prompts[i] for i in indices]
+            batch_reward_prompts = None if reward_prompts is None else [reward_prompts[i] for i in indices]
+            record = {"step": step + 1, **ppo_step(policy, tokenizer, optimizer, kl_controller, reward_fn, batch, config,
+                                                   batch_reward_prompts, score_normalizer)}
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2f}")
+            if callback is not None:
+                callback(record)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                run_state = {"step": step + 1, "kl_coef": kl_controller.value, "history": history, "rng": rng_state(),
+                             "score_normalizer": None if score_normalizer is None else score_normalizer.state_dict()}
+                checkpoint = run.checkpoint_folder(step + 1)
+                save_checkpoint(checkpoint, policy, optimizer, run_state)
+                run.keep_only(checkpoint)
+    run.finish({"steps": config.steps, "peak_memory_mb": memory.peak_mb})
+    return PPOResult(policy, output_dir, history, reused=False, resumed_from=start_step, peak_memory_mb=memory.peak_mb)

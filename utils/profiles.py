@@ -92,6 +92,12 @@ class Profile:
     ppo_eval_seeds: int
     ppo_hacking_steps: int
     ppo_hacking_learning_rate: float
+    # DPO (notebook 08): optimizer steps, preference pairs per step, learning rate of the fresh LoRA
+    # adapter, and beta, the strength of the implicit KL penalty.
+    dpo_steps: int
+    dpo_batch_size: int
+    dpo_learning_rate: float
+    dpo_beta: float
     # Reward model (notebook 07): passes over the training pairs, or a fixed number of steps (-1: use epochs).
     reward_epochs: float
     reward_max_steps: int
@@ -209,7 +215,7 @@ SMOKE_SIZES = (
     "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size",
     "eval_batch_size", "max_new_tokens", "lora_rank", "sweep_ranks", "sweep_train_examples",
     "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
-    "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps",
+    "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps", "dpo_steps", "dpo_batch_size",
 )
 
 

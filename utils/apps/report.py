@@ -119,7 +119,7 @@ def plot_method_comparison(rows: list[dict]):
 
 # Notebooks 06-07: what alignment changed and what it cost, and how well the reward model ranks.
 ALIGNMENT_COLUMNS = ("toxicity_before_mean", "toxicity_after_mean", "toxicity_difference", "ci_low", "ci_high",
-                     "ci_excludes_zero", "rouge1_before", "rouge1_after", "ppo_steps", "seconds",
+                     "ci_excludes_zero", "rouge1_before", "rouge1_after", "ppo_steps", "dpo_steps", "seconds",
                      "reward_last", "kl_last", "toxicity_last", "rouge1_probe")
 REWARD_MODEL_COLUMNS = ("test_accuracy", "untrained_accuracy", "longer_is_better_accuracy", "detox_neutral_preferred",
                         "train_pairs", "test_pairs", "backbone", "train_seconds", "saved_bytes")
@@ -165,6 +165,11 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
                       "Toxicity of sampled summaries of held-out dialogues before and after PPO, the 95% interval "
                       "of the paired difference, and ROUGE-1 of greedy summaries before and after; the variant "
                       "without KL penalty shows reward hacking.", "", markdown_table(ppo, ALIGNMENT_COLUMNS), ""]
+        dpo = [r for r in records if r["method"] == "dpo"]
+        if dpo:
+            lines += ["## Alignment with DPO (notebook 08)", "",
+                      "The same measurements after direct preference optimization on the detox pairs.", "",
+                      markdown_table(dpo, ALIGNMENT_COLUMNS), ""]
         reward_models = [r for r in records if r["method"] == "reward_model"]
         if reward_models:
             lines += ["## Reward model (notebook 07)", "", "Share of held-out preference pairs ranked right.", "",
