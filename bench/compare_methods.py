@@ -27,6 +27,7 @@ from utils import course
 from utils.adapters import LORA_TARGETS
 from utils.apps.benchmark import DEFAULT_LORA_TARGETS, TRAINING_METHODS, model_for_method
 from utils.apps.report import COMPARISON_COLUMNS, markdown_table, method_comparison
+from utils.apps.train import run_name
 from utils.data import load_profile_data, tokenize_for_training
 from utils.evaluation import evaluate
 from utils.models import count_parameters, load_model, load_tokenizer
@@ -34,11 +35,6 @@ from utils.plumbing.results import load_results
 from utils.training import train
 
 NOTEBOOK = "bench_compare_methods"
-
-
-def checkpoint_name(method: str, rank: int) -> str:
-    """The checkpoint folder the notebooks use for each method, so finished trainings are shared."""
-    return {"full": "full", "feature_extraction": "feature-extraction", "lora": f"lora-r{rank}", "prompt_tuning": "prompt-tuning-text", "qlora": f"qlora-r{rank}"}[method]
 
 
 def targets_variant(method: str, lora_targets: str | None) -> str:
@@ -87,7 +83,7 @@ def main() -> None:
 
             overrides = qlora_training_overrides(profile)
         variant = targets_variant(method, args.lora_targets)
-        name = checkpoint_name(method, profile.lora_rank) + (f"-{args.lora_targets}" if variant else "")
+        name = run_name(method, profile.lora_rank, args.lora_targets)
         result = train(model, tokenizer, profile, name, train_set, validation_set, learning_rate, **overrides)
         _, scores = evaluate(model, tokenizer, profile, test, description=f"{method} {variant}".strip())
         run.record(method, variant=variant, **scores, test_examples=len(test), train_examples=len(train_set),

@@ -7,7 +7,6 @@ from utils.detox import evaluation_seeds, ppo_config, sample_summaries, score_ta
 from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

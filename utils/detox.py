@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.generation import generate
 from utils.dpo import DPOConfig, PreferencePairs
+from utils.generation import generate
 from utils.ppo import PPOConfig, run_scaled_kl_horizon
 from utils.profiles import Profile
 from utils.training import TrainingRun

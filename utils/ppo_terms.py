@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean over the real tokens only: sum(values * mask) / sum(mask) (over `dim`, or over everything)."""
     if dim is None:

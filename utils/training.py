@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
@@ -97,6 +98,14 @@ def trainer_settings(
     )
 
 
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of the batch, so that several processes (DDP) train on the same global batch."""
+    if batch_size % processes:
+        raise ValueError(f"A batch of {batch_size} does not split evenly over {processes} processes: "
+                         f"launch a number of processes that divides it.")
+    return batch_size // processes
+
+
 def training_arguments(
     profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None, **overrides
 ) -> TrainingArguments:
@@ -169,9 +178,14 @@ def train(
     keep_fp32_master_weights(model)
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     batch_size, steps = batch_and_steps(profile, len(train_dataset), epochs)
-    arguments = training_arguments(profile, output_dir, learning_rate, steps, batch_size, **argument_overrides)
+    processes = PartialState()  # one, or several under `accelerate launch` (then the Trainer runs DDP)
+    arguments = training_arguments(profile, output_dir, learning_rate, steps,
+                                   per_process_batch(batch_size, processes.num_processes), **argument_overrides)
     run = RunFolder(output_dir, training_fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}"))
-    run.claim()  # checkpoints of another configuration (or another model) under the same name: never resumed
+    with processes.main_process_first():  # one process tidies the folder; the others then find it ready
+        if processes.is_main_process:
+            run.claim()  # checkpoints of another configuration (or another model) under the same name: never resumed
+            run.last_checkpoint("trainer_state.json")  # deletes checkpoints cut off while being written
     record = run.finished()
     if record:
         _load_final_weights(model, output_dir / "final")
@@ -194,13 +208,16 @@ def train(
     # Throughput in real (unpadded) tokens: mean example length x batch size x steps run here.
     mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
     steps_run = trainer.state.global_step - (checkpoint_step(last) if last else 0)
-    tokens_per_second = mean_tokens * arguments.per_device_train_batch_size * steps_run / memory.seconds
+    global_batch = arguments.per_device_train_batch_size * processes.num_processes
+    tokens_per_second = mean_tokens * global_batch * steps_run / memory.seconds
     trainer.save_model(str(output_dir / "final"))
     history = trainer.state.log_history
-    run.finish({
-        "history": history, "train_seconds": memory.seconds,
-        "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
-    })
+    if processes.is_main_process:
+        run.finish({
+            "history": history, "train_seconds": memory.seconds,
+            "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
+        })
+    processes.wait_for_everyone()
     return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False)
 
 
