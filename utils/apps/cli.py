@@ -1,4 +1,4 @@
-"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results}`.
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results,export,train}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -13,9 +13,9 @@ USER_ERROR = 2
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from utils.apps.check_data import check_file, summary_lines
     from transformers import AutoConfig
 
+    from utils.apps.check_data import check_file, summary_lines
     from utils.models import context_window, load_tokenizer, model_location
     from utils.profiles import choose_profile
 
@@ -38,8 +38,8 @@ def _checked_profile():
     A profile this machine cannot run stops here with one line (exit code 2), instead of every
     notebook failing in turn.
     """
-    from utils.plumbing.hub import require_hub_or_cache
     from utils.models import resolve_device
+    from utils.plumbing.hub import require_hub_or_cache
     from utils.profiles import choose_profile, hub_repos, with_overrides
 
     profile, reason = choose_profile()
@@ -132,10 +132,36 @@ def _check_results(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from utils.apps.export import export_run
+    from utils.profiles import choose_profile, with_overrides
+
+    profile, _ = choose_profile()
+    profile = with_overrides(profile)
+    files = export_run(profile, args.run, args.output, gguf_type=args.gguf_type if args.gguf else None)
+    print(f"Exported run {args.run!r} of profile {profile.run_name} to {args.output}:"
+          + "".join(f"\n  {path.name}" for path in files))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from utils.apps.train import train_method
+
+    profile, _ = _checked_profile()
+    result = train_method(profile, args.method, args.lora_targets)
+    if PartialState().is_main_process:
+        losses = [round(entry["loss"], 4) for entry in result.history if "loss" in entry]
+        print(f"{args.method}: {'reused' if result.reused else 'trained'} in {result.output_dir}; "
+              f"{result.train_seconds:.0f} s, {result.tokens_per_second:.0f} tokens/s; training losses {losses}")
+    return 0
+
+
 def _write_report(profile):
+    from utils.apps.report import write_report
     from utils.course import library_versions
     from utils.models import resolve_device
-    from utils.apps.report import write_report
 
     environment = {"profile": profile.name, "data": profile.data, "seed": profile.seed,
                    "device": resolve_device(profile).type, **library_versions()}
@@ -174,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     results = commands.add_parser("check-results", help="compare runs/offline/results.json with docs/RESULTS.md")
     results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")
     results.set_defaults(handler=_check_results)
+    export = commands.add_parser("export", help="write a finished run's model as a transformers folder "
+                                 "(and GGUF for llama.cpp and Ollama, offline profile)")
+    export.add_argument("run", help="a run name under runs/<profile>/checkpoints (full, lora-r16...), a method "
+                        "(full, lora, qlora: the notebooks' run) or a path to a run folder")
+    export.add_argument("output", help="the folder to write (replaced if it holds an earlier export)")
+    export.add_argument("--gguf", action="store_true",
+                        help="also write model-<type>.gguf and an Ollama Modelfile (offline profile)")
+    export.add_argument("--gguf-type", choices=("f16", "f32"), default="f16", help="the GGUF's weights (default: f16)")
+    export.set_defaults(handler=_export)
+    training = commands.add_parser("train", help="train one method as its notebook does (same checkpoints); "
+                                   "runs data-parallel under `accelerate launch`")
+    training.add_argument("method", choices=("full", "feature_extraction", "lora", "prompt_tuning", "qlora"))
+    training.add_argument("--lora-targets", choices=("attention", "all-linear"),
+                          help="where lora and qlora put their adapters (default: as in the notebooks)")
+    training.set_defaults(handler=_train)
     args = parser.parse_args(argv)
 
     from utils.apps.errors import USER_ERRORS
