@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils.apps.train import checkpoint_name
 from utils.families import auto_model_class, uses_chat_template
 from utils.generation import end_of_sequence_ids
 from utils.models import load_model, load_tokenizer, smollm2_gguf_path
@@ -31,8 +32,8 @@ from utils.profiles import SMOLLM2_WHEEL, Profile
 
 EXPORT_RECORD = "export.json"  # what was exported from where; marks a folder a later export may replace
 FINAL_WEIGHTS = "final"  # the folder utils.training.train saves a finished run's model or adapter in
-# The run each method's notebook trains (the names notebooks 02, 03 and 05 give utils.training.train).
-METHOD_RUNS = {"full": "full", "lora": "lora-r{rank}", "qlora": "qlora-r{rank}"}
+# The methods whose notebook run can be named by the method (their weights are a model, or merge into one).
+EXPORTABLE_METHODS = ("full", "feature_extraction", "lora", "qlora")
 GGUF_TYPES = ("f16", "f32")
 # SmolLM2's chat template for one user turn, as Ollama's template language writes it; the system
 # prompt is the one the template adds when the conversation has none (tests/test_export.py checks both).
@@ -54,7 +55,7 @@ def run_folder(profile: Profile, run: str) -> Path:
     if Path(run).name != run:
         folder = Path(run)
     else:
-        folder = checkpoints / METHOD_RUNS.get(run, run).format(rank=profile.lora_rank)
+        folder = checkpoints / (checkpoint_name(run, profile.lora_rank) if run in EXPORTABLE_METHODS else run)
     if folder.parent.name == "checkpoints" and folder.parent.parent.name != profile.run_name:
         raise ExportError(f"{folder} is a run of profile {folder.parent.parent.name!r}, not of "
                           f"{profile.run_name!r}. Fix: set COURSE_PROFILE to the profile it was trained in.")
