@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from utils.stats import paired_difference, t_quantile, verdict
+from utils.stats import paired_difference, proportion_interval, t_quantile, verdict
 
 
 def test_t_quantiles_match_the_printed_tables():
@@ -85,3 +85,27 @@ def test_the_verdict_says_real_or_noise_from_the_numbers():
     assert "excludes zero" in real and "drop is real" in real
     assert "includes zero" in noise and "noise" in noise
     assert "rise is real" in rise and "reward" in rise
+
+
+def test_the_wilson_interval_of_an_accuracy_matches_the_hand_computed_values():
+    # 50 of 100 at 95% (z = 1.96): centre 0.5, half-width 1.96 / 1.0384 * sqrt(0.0025 + 0.000096) = 0.0962.
+    assert proportion_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    # 0 of 10: the lower end is 0 and the upper one is not (z^2/n / (1 + z^2/n) = 0.2775).
+    assert proportion_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    low, high = proportion_interval(10, 10)
+    assert (low, high) == pytest.approx((1 - 0.2775, 1.0), abs=1e-4)
+
+
+def test_a_lower_confidence_gives_a_narrower_interval_of_an_accuracy():
+    def width(confidence):
+        low, high = proportion_interval(30, 40, confidence)
+        return high - low
+
+    assert width(0.8) < width(0.95) < width(0.99)
+
+
+@pytest.mark.parametrize("successes, n, message",
+                         [(1, 0, "at least 1"), (11, 10, "between 0 and n"), (-1, 5, "between")])
+def test_an_impossible_proportion_is_refused(successes, n, message):
+    with pytest.raises(ValueError, match=message):
+        proportion_interval(successes, n)

@@ -11,6 +11,9 @@ after - before per dialogue, and give the mean difference a t-based confidence i
 
 If the interval excludes zero, a difference that large is unlikely to be noise at this
 sample size; if it includes zero, the data cannot tell the change from noise.
+
+A single accuracy (right answers out of n benchmark items, utils.benchmarks) gets the Wilson
+score interval of a proportion: `proportion_interval`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,32 @@ def t_quantile(probability: float, degrees_of_freedom: int) -> float:
     from scipy.stats import t
 
     return float(t.ppf(probability, degrees_of_freedom))
+
+
+def proportion_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion successes / n (an accuracy over n items).
+
+        z      = the normal quantile at (1 + confidence) / 2,     p = successes / n
+        centre = (p + z^2 / 2n) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+
+    Unlike p +- z sqrt(p (1 - p) / n) it stays inside [0, 1], and it does not shrink to a point
+    when every item is right or every item wrong: 10 right out of 10 is not proof of perfection.
+    """
+    if n < 1:
+        raise ValueError("A proportion needs at least 1 item.")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n={n}, got {successes}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}.")
+    from scipy.stats import norm
+
+    z = float(norm.ppf((1.0 + confidence) / 2.0))
+    p = successes / n
+    shrink = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / shrink
+    half = z / shrink * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def paired_difference(
