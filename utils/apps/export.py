@@ -80,11 +80,13 @@ def finished_model(profile: Profile, folder: Path) -> PreTrainedModel:
     if peft_type != PeftType.LORA:
         raise ExportError(f"{folder} trained a {peft_type.value} adapter, which adds inputs rather than "
                           "changing weights: only full fine-tuning and LoRA or QLoRA runs can be exported.")
+    if not (final / "adapter_model.safetensors").exists():  # PEFT would fall back to a pickled adapter
+        raise ExportError(f"{final} holds no adapter_model.safetensors: the course exports safetensors only.")
     base = load_model(profile, dtype=torch.float32, device_map="cpu")
     try:
         with warnings.catch_warnings():  # PEFT asks transformers about a property it has renamed, with a warning
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            adapted = PeftModel.from_pretrained(base, final)
+            adapted = PeftModel.from_pretrained(base, final, use_safetensors=True)
     except (RuntimeError, ValueError) as error:  # size mismatches: an adapter of another model
         first_line = str(error).strip().splitlines()[0]
         raise ExportError(f"{final} does not fit the model of profile {profile.name!r}: {first_line}") from None
