@@ -110,3 +110,28 @@ def test_restored_random_state_draws_what_the_uninterrupted_run_drew():
     torch.rand(5), random.random(), np.random.rand()  # the run goes on, then is killed
     restore_rng_state(saved)
     assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == expected
+
+
+def step_checkpoint(run: RunFolder, step: int) -> None:
+    with atomic_directory(run.checkpoint_folder(step)) as staging:
+        (staging / "state.json").write_text(json.dumps({"step": step}))
+
+
+def test_a_step_run_resumes_from_its_last_checkpoint_reuses_a_finished_run_and_drops_a_longer_one(tmp_path, capsys):
+    run = RunFolder(tmp_path / "run", "abc", "PPO run")
+    run.claim()
+    assert run.resume_point(4, "state.json") == (None, None, None)  # nothing yet: start afresh
+
+    step_checkpoint(run, 2)
+    last, state, finished = run.resume_point(4, "state.json")
+    assert last == run.checkpoint_folder(2) and state == {"step": 2} and finished is None  # resume at step 2
+
+    step_checkpoint(run, 4)
+    run.finish({"steps": 4})
+    assert run.resume_point(4, "state.json")[2] == {"steps": 4}  # all steps done: reuse
+    last, state, finished = run.resume_point(6, "state.json")  # two more steps: resume, no longer finished
+    assert state == {"step": 4} and finished is None and run.finished() is None
+
+    assert run.resume_point(3, "state.json") == (None, None, None)  # fewer steps than the folder holds
+    assert "holds a longer PPO run (4 steps); starting afresh" in capsys.readouterr().out
+    assert not run.checkpoint_folder(4).exists() and (run.path / STARTED).exists()

@@ -237,20 +237,12 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     history: list[dict] = []
     start_step = 0
-    last = run.last_checkpoint(CHECKPOINT_STATE)
-    state = None if last is None else read_state(last)
-    if state is not None and state["step"] > config.steps:
-        print(f"{output_dir} holds a longer DPO run ({state['step']} steps); starting afresh.")
-        run.discard()
-        run.claim()
-        last = state = None
-    finished = run.finished()
-    if finished is not None and finished["steps"] == config.steps and state is not None:
+    last, state, finished = run.resume_point(config.steps, CHECKPOINT_STATE)
+    if finished is not None:
         load_checkpoint(last, model, optimizer=None)
         print(f"Reusing the finished DPO run in {output_dir} (delete the folder to train again).")
         return DPOResult(model, output_dir, state["history"], reused=True, resumed_from=state["step"],
                          peak_memory_mb=finished.get("peak_memory_mb"))
-    run.reopen()
     if state is not None:
         load_checkpoint(last, model, optimizer)
         print(f"Resuming from step {state['step']}")

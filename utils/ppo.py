@@ -19,7 +19,6 @@ it through `reward_prompts`: one text per prompt, passed as `reward_fn(texts, pr
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
@@ -356,11 +355,6 @@ def load_checkpoint(folder: Path, policy: PolicyWithValueHead, optimizer: torch.
 CHECKPOINT_STATE = "state.json"  # the file a PPO checkpoint writes last
 
 
-def read_checkpoint_state(checkpoint: Path | None) -> dict | None:
-    """The run state (step, history, KL coefficient, RNG) a checkpoint holds, or None for no checkpoint."""
-    return json.loads((checkpoint / CHECKPOINT_STATE).read_text()) if checkpoint else None
-
-
 @torch.no_grad()
 def score_rollout(
     policy: PolicyWithValueHead, rollout: Rollout, config: PPOConfig
@@ -510,20 +504,12 @@ def train_ppo(
     history: list[dict] = []
     start_step = 0
 
-    last = run.last_checkpoint(CHECKPOINT_STATE)
-    state = read_checkpoint_state(last)
-    if state is not None and state["step"] > config.steps:
-        print(f"{output_dir} holds a longer PPO run ({state['step']} steps); starting afresh.")
-        run.discard()
-        run.claim()
-        last = state = None
-    finished = run.finished()
-    if finished is not None and finished["steps"] == config.steps and state is not None:
+    last, state, finished = run.resume_point(config.steps, CHECKPOINT_STATE)
+    if finished is not None:
         load_checkpoint(last, policy, optimizer=None)
         print(f"Reusing the finished PPO run in {output_dir} (delete the folder to train again).")
         return PPOResult(policy, output_dir, state["history"], reused=True, resumed_from=state["step"],
                          peak_memory_mb=finished.get("peak_memory_mb"))
-    run.reopen()  # a finished shorter run goes on from its last checkpoint
     if state is not None:
         load_checkpoint(last, policy, optimizer)
         print(f"Resuming from step {state['step']}")

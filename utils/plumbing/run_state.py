@@ -105,6 +105,27 @@ class RunFolder:
                 shutil.rmtree(folder)
         return max(complete)[1] if complete else None
 
+    def resume_point(self, steps: int, state_file: str) -> tuple[Path | None, dict | None, dict | None]:
+        """Where a run of `steps` steps (PPO, DPO) starts: (last checkpoint, its state, finished record).
+
+        Each checkpoint's `state_file` (JSON, written last) holds its "step". A longer run in the folder
+        is discarded (all three None: start afresh); a finished run of exactly `steps` steps comes back
+        with its finished record (reuse it); otherwise the folder is reopened, and training resumes from
+        the last checkpoint (None: from the start).
+        """
+        last = self.last_checkpoint(state_file)
+        state = None if last is None else json.loads((last / state_file).read_text(encoding="utf-8"))
+        if state is not None and state["step"] > steps:
+            print(f"{self.path} holds a longer {self.what} ({state['step']} steps); starting afresh.")
+            self.discard()
+            self.claim()
+            return None, None, None
+        finished = self.finished()
+        if finished is not None and finished["steps"] == steps and state is not None:
+            return last, state, finished
+        self.reopen()  # a finished shorter run goes on from its last checkpoint
+        return last, state, None
+
     def checkpoint_folder(self, step: int) -> Path:
         """Where the checkpoint of `step` goes."""
         return self.path / f"{CHECKPOINT_PREFIX}{step}"
