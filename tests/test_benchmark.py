@@ -58,3 +58,9 @@ def test_the_plain_loop_is_timed_on_the_same_batch_and_every_row_gets_its_ratio_
     assert plain["final_loss"] == pytest.approx(course["final_loss"], rel=1e-4)  # the same arithmetic, less of it
     assert plain["speed_vs_plain"] == 1.0
     assert course["speed_vs_plain"] == pytest.approx(course["tokens_per_second"] / plain["tokens_per_second"])
+
+
+def test_the_command_line_offers_every_method_the_benchmarks_measure():
+    from utils.apps import cli
+
+    assert cli.TRAINING_METHODS == TRAINING_METHODS

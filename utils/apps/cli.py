@@ -10,6 +10,8 @@ import argparse
 import sys
 
 USER_ERROR = 2
+# The methods that train (utils.apps.benchmark.TRAINING_METHODS, named here so parsing imports no torch).
+TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 
 
 def _check_data(args: argparse.Namespace) -> int:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="rewrite runs/<profile>/REPORT.md from results.json")
     report.set_defaults(handler=_report)
     measure = commands.add_parser("measure-training", help="time a few training steps of one method; prints JSON")
-    measure.add_argument("method", choices=("full", "lora", "prompt_tuning", "qlora"))
+    measure.add_argument("method", choices=TRAINING_METHODS)
     measure.add_argument("--steps", type=int, default=3)
     measure.add_argument("--batch-size", type=int, default=None)
     measure.add_argument("--plain", action="store_true",
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export)
     training = commands.add_parser("train", help="train one method as its notebook does (same checkpoints); "
                                    "runs data-parallel under `accelerate launch`")
-    training.add_argument("method", choices=("full", "feature_extraction", "lora", "prompt_tuning", "qlora"))
+    training.add_argument("method", choices=TRAINING_METHODS)
     training.add_argument("--lora-targets", choices=("attention", "all-linear"),
                           help="where lora and qlora put their adapters (default: as in the notebooks)")
     training.set_defaults(handler=_train)
