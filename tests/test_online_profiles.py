@@ -1,7 +1,7 @@
 """The course it is named for, FLAN-T5 on DialogSum, through the real Hub code path without the Hub.
 
-Every notebook runs with nbval in `colab` and in `gpu` at test sizes (COURSE_SMOKE=1, on the CPU
-here), against stand-ins of google/flan-t5-base, knkarthick/dialogsum and the two RoBERTa
+Every notebook runs with nbval in `colab`, and every one that trains in `gpu` too, at test sizes
+(COURSE_SMOKE=1, on the CPU here), against stand-ins of google/flan-t5-base, knkarthick/dialogsum and the two RoBERTa
 repositories (utils/apps/hub_standins.py says what they copy and what they cannot).
 
 Why a seeded cache rather than a local Hub server: a learner without the Hub (a plane, a cluster
@@ -33,8 +33,14 @@ def standin_cache(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return hf_home, seed_online_cache(hf_home)
 
 
-@pytest.mark.parametrize("profile", ["colab", "gpu"])
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# At test sizes `gpu` differs from `colab` in its dtype (bfloat16 weights, float32 master weights) and its
+# batches, which matter where a notebook trains: notebook 01 only generates, as every other notebook does
+# in `gpu` too, so it runs in `colab` alone.
+ONLINE_RUNS = [(notebook, profile) for notebook in NOTEBOOKS for profile in ("colab", "gpu")
+               if (notebook.stem, profile) != ("01_prompting", "gpu")]
+
+
+@pytest.mark.parametrize(("notebook", "profile"), ONLINE_RUNS, ids=[f"{n.stem}-{p}" for n, p in ONLINE_RUNS])
 def test_notebook_runs_in_the_online_profile_from_the_cache(notebook, profile, standin_cache, tmp_path):
     hf_home, _ = standin_cache
     environ = {"COURSE_PROFILE": profile, "COURSE_SMOKE": "1", "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}

@@ -2,14 +2,14 @@
 
 Every notebook ends with an "## Exercises" section, and solutions/ holds one worked notebook
 for each, `solutions/<notebook>_solutions.ipynb`. Every solution runs top to bottom with nbval in
-both tiny profiles (seconds each), from its own folder as a learner opens it. It records nothing:
+both tiny profiles (seconds each), from its own folder as a learner opens it: in `tiny` here, in
+`tiny-causal` after its notebook in the same runs folder (tests/test_notebooks.py). It records nothing:
 runs/<profile>/results.json, which REPORT.md, notebook 05's comparison and `make check-results`
 read, stays the notebooks' own. Where it needs the notebook's model it trains under the notebook's
-checkpoint name and settings, so a notebook that ran is reused (the last test runs notebook 03 and
-then its solution in one runs folder), and its changed settings train under names of their own.
+checkpoint name and settings, so a notebook that ran is reused, and its changed settings train under
+names of their own.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -91,31 +91,13 @@ def unfinished_trainings(solution: Path, profile: str, runs: Path) -> list[str]:
     return [name for name in names if not (runs / profile / "checkpoints" / name / "finished.json").exists()]
 
 
-# 03 in tiny-causal runs once, after its notebook (the last test), where it is checked the same way.
-RUNS = [(solution, profile) for solution in SOLUTIONS for profile in ("tiny", "tiny-causal")
-        if (solution.stem, profile) != ("03_lora_solutions", "tiny-causal")]
-
-
-@pytest.mark.parametrize(("solution", "profile"), RUNS, ids=[f"{s.stem}-{p}" for s, p in RUNS])
-def test_a_solution_runs_from_its_folder_with_nbval_and_records_nothing(solution, profile, tmp_path):
+# In tiny-causal each solution runs after its notebook, in the notebook's runs folder (tests/test_notebooks.py),
+# where it is also checked to reuse the notebook's training and leave its results alone.
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
+def test_a_solution_runs_from_its_folder_with_nbval_in_the_tiny_profile_and_records_nothing(solution, tmp_path):
     runs = tmp_path / "runs"
 
-    run_notebook_with_nbval(solution, {"COURSE_PROFILE": profile}, runs)
+    run_notebook_with_nbval(solution, {"COURSE_PROFILE": "tiny"}, runs)
 
-    assert not (runs / profile / "results.json").exists(), "a solution recorded results"
-    assert unfinished_trainings(solution, profile, runs) == []
-
-
-def test_after_its_notebook_a_solution_reuses_the_notebooks_training_and_leaves_its_results_alone(tmp_path):
-    runs, solution = tmp_path / "runs", ROOT / "solutions" / "03_lora_solutions.ipynb"
-    run_notebook_with_nbval(ROOT / "notebooks" / "03_lora.ipynb", {"COURSE_PROFILE": "tiny-causal"}, runs)
-    folder = runs / "tiny-causal"
-    results = (folder / "results.json").read_bytes()
-    finished = folder / "checkpoints" / f"lora-r{get_profile('tiny-causal').lora_rank}" / "finished.json"
-    trained = (finished.read_bytes(), finished.stat().st_mtime_ns)
-
-    run_notebook_with_nbval(solution, {"COURSE_PROFILE": "tiny-causal"}, runs)
-
-    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == trained, "the notebook's training was redone"
-    assert (folder / "results.json").read_bytes() == results and json.loads(results), "the notebook's results changed"
-    assert unfinished_trainings(solution, "tiny-causal", runs) == []
+    assert not (runs / "tiny" / "results.json").exists(), "a solution recorded results"
+    assert unfinished_trainings(solution, "tiny", runs) == []
