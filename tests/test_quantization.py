@@ -5,17 +5,18 @@ import logging
 import bitsandbytes
 import torch
 
+from utils.apps.benchmark import weight_megabytes
+from utils.models import count_parameters, load_model
 from utils.quantization import (
     add_qlora,
     bitsandbytes_problem,
     format_sizes,
+    linear_layers_kept_in_full_precision,
     load_4bit_model,
     nf4_config,
     nf4_round_trip_error,
     qlora_training_overrides,
 )
-from utils.apps.benchmark import weight_megabytes
-from utils.models import count_parameters, load_model
 
 
 def test_bitsandbytes_runs_4bit_on_this_cpu():
@@ -60,6 +61,14 @@ def test_a_4bit_model_is_smaller_and_trains_only_lora(tiny_profile):
 
 def test_a_4bit_model_counts_as_many_weights_as_the_full_precision_one(tiny_profile):
     assert count_parameters(load_4bit_model(tiny_profile))[1] == count_parameters(load_model(tiny_profile))[1]
+
+
+def test_a_4bit_load_keeps_the_head_and_t5s_feed_forward_output_in_full_precision(tiny_profile):
+    kept = linear_layers_kept_in_full_precision(load_4bit_model(tiny_profile))
+
+    expected = {"lm_head", "wo"} if tiny_profile.is_encoder_decoder else {"lm_head"}
+    assert set(kept) == expected
+    assert "_keep_in_fp32_modules" in kept.get("wo", "_keep_in_fp32_modules")
 
 
 def test_qlora_adapts_every_quantized_layer_as_in_the_qlora_paper(tiny_profile):

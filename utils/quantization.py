@@ -66,6 +66,25 @@ def load_4bit_model(profile: Profile, double_quantization: bool = True) -> PreTr
     return model
 
 
+def linear_layers_kept_in_full_precision(model: PreTrainedModel) -> dict[str, str]:
+    """The linear layers a 4-bit load left unquantized, by kind (the name's last part), each with why.
+
+    transformers leaves out the output head (and any layer tied to the embeddings), and every layer
+    the model's class names in `_keep_in_fp32_modules`: T5's feed-forward output projections `wo`,
+    whose activations overflow in 16 bits. Llama-style models keep only their head.
+    """
+    import bitsandbytes as bnb
+
+    kept_in_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    kinds: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not isinstance(module, bnb.nn.Linear4bit):
+            kind = name.split(".")[-1]
+            kinds[kind] = ("the model class keeps it in float32 (_keep_in_fp32_modules)" if kind in kept_in_fp32
+                           else "the output head: transformers never quantizes it")
+    return kinds
+
+
 def keep_training_layout(model: PreTrainedModel) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its bf16 inference kernel on AVX512-BF16 CPUs.
 
