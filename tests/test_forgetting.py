@@ -1,0 +1,71 @@
+"""The forgetting probe (short answers to the benchmark's questions) and the multi-task mix."""
+
+import pytest
+
+from utils.data import read_rows, tokenize_for_training
+from utils.forgetting import (
+    PROBE_FILE,
+    SECOND_TASK_TRAIN,
+    ProbeResult,
+    compare_probes,
+    judge,
+    multitask_mix,
+    names,
+    second_task_training_set,
+    short_answer_probe,
+)
+
+
+def test_an_answer_is_right_when_it_names_the_gold_choice_and_no_other():
+    choices = ["Paris", "Rome", "New York", "York"]
+
+    assert judge("The capital of France is Paris.", choices, gold=0)
+    assert not judge("Paris or Rome.", choices, gold=0)
+    assert not judge("#Person1# asks about a trip.", choices, gold=0)
+    assert names("it is in new york!", "New York") and not names("Yorkshire", "York")
+
+
+def test_the_probe_and_the_second_tasks_training_share_no_question():
+    probe = {row["question"].lower() for row in read_rows(PROBE_FILE)}
+    training = [row["question"].lower() for row in read_rows(SECOND_TASK_TRAIN)]
+
+    assert len(training) >= 64 and not probe & set(training)
+    assert all(len(row["answer"].split()) <= 6 for row in read_rows(SECOND_TASK_TRAIN))
+
+
+def test_the_mix_adds_the_share_of_second_task_examples_and_keeps_every_first_one(tiny_profile,
+                                                                                   tiny_model_and_tokenizer):
+    from utils.data import load_profile_data
+
+    _, tokenizer = tiny_model_and_tokenizer
+    summaries = tokenize_for_training(load_profile_data(tiny_profile)["train"], tokenizer, tiny_profile)
+    second = second_task_training_set(tokenizer, tiny_profile)
+
+    mixed = multitask_mix(summaries, second, share=0.25)
+
+    assert len(mixed) == len(summaries) + round(len(summaries) / 3)
+    rows = {tuple(ids) for ids in mixed["input_ids"]}
+    assert {tuple(ids) for ids in summaries["input_ids"]} <= rows
+    assert len(rows & {tuple(ids) for ids in second["input_ids"]}) == round(len(summaries) / 3)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        multitask_mix(summaries, second, share=1.0)
+
+
+def test_the_probe_judges_every_answer_of_a_model(tiny_profile, tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+
+    result = short_answer_probe(model, tokenizer, tiny_profile, limit=6)
+
+    assert len(result.answers) == len(result.right) == 6
+    assert result.accuracy == sum(result.right) / 6
+
+
+def test_a_comparison_counts_fixed_and_broken_answers():
+    before = ProbeResult(["a", "b", "c", "d"], ["?"] * 4, ["x"] * 4, [True, True, False, False])
+    after = ProbeResult(["a", "b", "c", "d"], ["?"] * 4, ["x"] * 4, [True, False, True, False])
+
+    change = compare_probes(before, after)
+
+    assert (change.fixed, change.broken, change.difference) == (1, 1, 0.0)
+    with pytest.raises(ValueError, match="same questions"):
+        compare_probes(before, ProbeResult(["z"], ["?"], ["x"], [True]))

@@ -1,0 +1,119 @@
+"""Catastrophic forgetting, measured, and its remedy of multi-task fine-tuning.
+
+The second task is answering general questions in a few words: a format unlike a summary. The
+probe asks the benchmark's questions (data/benchmark/everyday_mc.jsonl) without their choices and
+lets the model write; an answer counts as right when it names the gold choice and none of the
+three wrong ones. The model's own words are judged, not the likelihood of given answers, so a model
+that now writes summaries after every prompt scores low, whatever it still "knows".
+
+Multi-task fine-tuning mixes examples of the second task (data/everyday_qa/train.jsonl: other
+questions, with short answers) into the summaries, so training keeps rewarding that behaviour:
+
+    before = short_answer_probe(model, tokenizer, profile)
+    ... train ...
+    after = short_answer_probe(model, tokenizer, profile)
+    print(compare_probes(before, after).summary())
+    mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share=0.25)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from datasets import Dataset, concatenate_datasets
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from utils.benchmarks import BENCHMARK_DIR, BenchmarkComparison
+from utils.data import read_rows, tokenize_pairs
+from utils.generation import generate
+from utils.plumbing.files import DATA_DIR
+from utils.profiles import Profile
+from utils.prompts import model_input
+from utils.stats import paired_difference
+
+PROBE_FILE = BENCHMARK_DIR / "everyday_mc.jsonl"
+SECOND_TASK_TRAIN = DATA_DIR / "everyday_qa" / "train.jsonl"
+INSTRUCTION = "Answer in a few words."
+ANSWER_TOKENS = 16  # a few words: longer answers are not needed to name the gold choice
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+
+
+def names(answer: str, choice: str) -> bool:
+    """Whether `answer` contains `choice` as whole words (case and punctuation ignored)."""
+    return _words(choice) in _words(answer)
+
+
+def judge(answer: str, choices: list[str], gold: int) -> bool:
+    """Right when the answer names the gold choice and no wrong one."""
+    named = [names(answer, choice) for choice in choices]
+    return named[gold] and sum(named) == 1
+
+
+def question_prompt(tokenizer: PreTrainedTokenizerBase, profile: Profile, question: str) -> str:
+    """A question as the model reads it: the question and the instruction, as a chat turn where there is one."""
+    return model_input(tokenizer, f"{question} {INSTRUCTION}", profile.is_encoder_decoder)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The model's answers to the probe's questions and whether each is right."""
+
+    ids: list[str]
+    questions: list[str]
+    answers: list[str]
+    right: list[bool]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.right) / len(self.right)
+
+    def summary(self) -> str:
+        return f"short answers: {sum(self.right)} of {len(self.right)} right ({self.accuracy:.3f})"
+
+
+def short_answer_probe(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile, limit: int | None = None
+) -> ProbeResult:
+    """Greedy short answers to the benchmark's questions (without their choices), each judged right or wrong."""
+    rows = read_rows(PROBE_FILE)[:limit]
+    prompts = [question_prompt(tokenizer, profile, row["question"]) for row in rows]
+    answers = generate(model, tokenizer, prompts, batch_size=profile.eval_batch_size, max_new_tokens=ANSWER_TOKENS,
+                       progress=False)
+    return ProbeResult([row["id"] for row in rows], [row["question"] for row in rows], answers,
+                       [judge(answer, row["choices"], row["answer"]) for answer, row in zip(answers, rows)])
+
+
+def compare_probes(before: ProbeResult, after: ProbeResult, confidence: float = 0.95) -> BenchmarkComparison:
+    """Accuracy after - before on the same questions, with a paired interval (+1 fixed, -1 broken, 0 unchanged)."""
+    if before.ids != after.ids:
+        raise ValueError("before and after must answer the same questions in the same order.")
+    paired = paired_difference([float(r) for r in before.right], [float(r) for r in after.right], confidence)
+    return BenchmarkComparison(
+        metric="short-answer accuracy", n=paired["n"], before=paired["before_mean"], after=paired["after_mean"],
+        difference=paired["difference"], ci_low=paired["ci_low"], ci_high=paired["ci_high"], confidence=confidence,
+        fixed=sum(not b and a for b, a in zip(before.right, after.right)),
+        broken=sum(b and not a for b, a in zip(before.right, after.right)),
+    )
+
+
+def second_task_training_set(tokenizer: PreTrainedTokenizerBase, profile: Profile) -> Dataset:
+    """The second task's training examples (other questions than the probe's), tokenized like the summaries."""
+    rows = read_rows(SECOND_TASK_TRAIN)
+    prompts = [question_prompt(tokenizer, profile, row["question"]) for row in rows]
+    return tokenize_pairs(prompts, [row["answer"] for row in rows], tokenizer, profile)
+
+
+def multitask_mix(first: Dataset, second: Dataset, share: float, seed: int = 0) -> Dataset:
+    """`first` with second-task examples added so they make up `share` of the result, shuffled together."""
+    if not 0 < share < 1:
+        raise ValueError(f"share must be between 0 and 1 (exclusive), not {share}")
+    wanted = round(len(first) * share / (1 - share))
+    if wanted > len(second):
+        raise ValueError(f"a share of {share} needs {wanted} second-task examples; there are {len(second)}")
+    columns = ["input_ids", "attention_mask", "labels"]
+    added = second.shuffle(seed=seed).select(range(wanted)).select_columns(columns)
+    return concatenate_datasets([first.select_columns(columns), added]).shuffle(seed=seed)
