@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from utils.plumbing.files import PROJECT_ROOT, atomic_directory, cache_dir, runs_dir, write_json_atomic, write_text_atomic
+from utils.plumbing.files import (
+    PROJECT_ROOT,
+    atomic_directory,
+    cache_dir,
+    runs_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 class Interrupted(Exception):

@@ -8,7 +8,13 @@ import nbformat
 import pytest
 
 from utils.apps.colab import CELL_ID
-from utils.apps.kernel import KERNEL_DISPLAY_NAME, KERNEL_NAME, course_kernelspec, install_course_kernel, use_course_kernel
+from utils.apps.kernel import (
+    KERNEL_DISPLAY_NAME,
+    KERNEL_NAME,
+    course_kernelspec,
+    install_course_kernel,
+    use_course_kernel,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

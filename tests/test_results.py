@@ -119,8 +119,8 @@ def test_the_method_comparison_keeps_one_main_record_per_method_in_teaching_orde
 
 
 def test_write_report_compares_every_method_when_several_ran(isolated_runs):
-    from utils.plumbing.results import record_result
     from utils.apps.report import write_report
+    from utils.plumbing.results import record_result
 
     record_result("tiny", "02_full_fine_tuning", "base", "m", rouge1=0.3, rouge2=0.1, rougeL=0.2, rougeLsum=0.2)
     record_result("tiny", "05_qlora", "qlora", "m", rouge1=0.4, rouge2=0.1, rougeL=0.3, rougeLsum=0.3,
@@ -134,8 +134,8 @@ def test_write_report_compares_every_method_when_several_ran(isolated_runs):
 
 
 def test_write_report_shows_alignment_and_reward_model_results_in_their_own_tables(isolated_runs):
-    from utils.plumbing.results import record_result
     from utils.apps.report import write_report
+    from utils.plumbing.results import record_result
 
     record_result("tiny", "03_lora", "lora", "m", rouge1=0.4, rouge2=0.1, rougeL=0.3, rougeLsum=0.3)
     record_result("tiny", "06_rlhf_ppo", "ppo", "m", toxicity_before_mean=0.4, toxicity_after_mean=0.25,

@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
-from utils.profiles import get_profile
 from utils.plumbing.run_state import FINISHED
+from utils.profiles import get_profile
 from utils.reward_model import (
     REWARD_LABEL,
     load_reward_model,

@@ -297,20 +297,12 @@ def describe_item(item: ItemScores) -> str:
     return "\n".join(lines)
 
 
-def compare_results(
-    before: BenchmarkResult, after: BenchmarkResult, metric: str = "acc", confidence: float = 0.95
+def compare_correctness(
+    right_before: list[bool], right_after: list[bool], metric: str, confidence: float = 0.95
 ) -> BenchmarkComparison:
-    """Accuracy after - before on the same items, with a paired interval (utils.stats.paired_difference).
-
-    Each item counts 1 when the model picks the gold choice and 0 when not; the per-item
-    differences (after - before: +1 fixed, -1 broken, 0 unchanged) get a t-based interval of their
-    mean. Pairing the items removes the items' difficulty from the noise, so the interval is
-    narrower than one built from the two accuracies as if they were independent.
-    """
-    _check_metric(metric)
-    if [item.id for item in before.items] != [item.id for item in after.items]:
-        raise ValueError("before and after must score the same items in the same order (same benchmark, same limit).")
-    right_before, right_after = before.correctness(metric), after.correctness(metric)
+    """Share right after - before over the same items, with a paired interval (+1 fixed, -1 broken, 0 unchanged)."""
+    if len(right_before) != len(right_after):
+        raise ValueError("before and after must judge the same items.")
     paired = paired_difference([float(r) for r in right_before], [float(r) for r in right_after], confidence)
     return BenchmarkComparison(
         metric=metric,
@@ -324,3 +316,19 @@ def compare_results(
         fixed=sum(not b and a for b, a in zip(right_before, right_after)),
         broken=sum(b and not a for b, a in zip(right_before, right_after)),
     )
+
+
+def compare_results(
+    before: BenchmarkResult, after: BenchmarkResult, metric: str = "acc", confidence: float = 0.95
+) -> BenchmarkComparison:
+    """Accuracy after - before on the same items, with a paired interval (utils.stats.paired_difference).
+
+    Each item counts 1 when the model picks the gold choice and 0 when not; the per-item
+    differences (after - before: +1 fixed, -1 broken, 0 unchanged) get a t-based interval of their
+    mean. Pairing the items removes the items' difficulty from the noise, so the interval is
+    narrower than one built from the two accuracies as if they were independent.
+    """
+    _check_metric(metric)
+    if [item.id for item in before.items] != [item.id for item in after.items]:
+        raise ValueError("before and after must score the same items in the same order (same benchmark, same limit).")
+    return compare_correctness(before.correctness(metric), after.correctness(metric), metric, confidence)

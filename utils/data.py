@@ -9,8 +9,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
 import torch
+from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from utils.adapters import has_soft_prompt

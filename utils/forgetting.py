@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.benchmarks import BENCHMARK_DIR, BenchmarkComparison
+from utils.benchmarks import BENCHMARK_DIR, BenchmarkComparison, compare_correctness
 from utils.data import read_rows, tokenize_pairs
 from utils.generation import generate
 from utils.plumbing.files import DATA_DIR
 from utils.profiles import Profile
 from utils.prompts import model_input
-from utils.stats import paired_difference
 
 PROBE_FILE = BENCHMARK_DIR / "everyday_mc.jsonl"
 SECOND_TASK_TRAIN = DATA_DIR / "everyday_qa" / "train.jsonl"
@@ -91,13 +90,7 @@ def compare_probes(before: ProbeResult, after: ProbeResult, confidence: float = 
     """Accuracy after - before on the same questions, with a paired interval (+1 fixed, -1 broken, 0 unchanged)."""
     if before.ids != after.ids:
         raise ValueError("before and after must answer the same questions in the same order.")
-    paired = paired_difference([float(r) for r in before.right], [float(r) for r in after.right], confidence)
-    return BenchmarkComparison(
-        metric="short-answer accuracy", n=paired["n"], before=paired["before_mean"], after=paired["after_mean"],
-        difference=paired["difference"], ci_low=paired["ci_low"], ci_high=paired["ci_high"], confidence=confidence,
-        fixed=sum(not b and a for b, a in zip(before.right, after.right)),
-        broken=sum(b and not a for b, a in zip(before.right, after.right)),
-    )
+    return compare_correctness(before.right, after.right, "short-answer accuracy", confidence)
 
 
 def second_task_training_set(tokenizer: PreTrainedTokenizerBase, profile: Profile) -> Dataset:
