@@ -30,9 +30,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from utils.apps.benchmark import timed_steps  # noqa: E402
-from utils.apps.check_results import RESULTS_DOC, compare, recorded_figures  # noqa: E402
-from utils.apps.hub_standins import FLAN_T5, seed_online_cache  # noqa: E402
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Dense bf16 peak of the tensor cores, TFLOP/s, by a substring of the device name (the vendors' sheets).
@@ -77,6 +74,8 @@ def nbval_notebooks(notebooks: list[Path], hf_home: Path, work: Path) -> list[di
 
 def offline_notebooks(selected: list[str], profile: str, work: Path) -> list[dict]:
     """Step 2: the notebooks headless in `profile`; time, peak memory and ROUGE against the CPU record."""
+    from utils.apps.check_results import RESULTS_DOC, compare, recorded_figures
+
     runs = work / "runs-offline"
     env = {**os.environ, "COURSE_PROFILE": profile, "COURSE_RUNS_DIR": str(runs), "TQDM_DISABLE": "1"}
     if profile != "offline":
@@ -120,6 +119,8 @@ def training_throughput(model_folder: Path, batch: int, source_tokens: int, targ
     """Step 3: full fine-tuning steps of the T5 at `model_folder` on random tokens; tokens/s and MFU."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
+
+    from utils.apps.benchmark import timed_steps
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry and not torch.cuda.is_available():
         print("No CUDA GPU here: run with --dry for the CPU dry run.", file=sys.stderr)
         return 2
+    from utils.apps.hub_standins import FLAN_T5, seed_online_cache  # after the refusal: it loads transformers
+
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

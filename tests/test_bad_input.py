@@ -25,9 +25,9 @@ import utils.plumbing.files
 import utils.quantization
 from utils.apps.cli import main
 from utils.data import load_profile_data
+from utils.models import SMOLLM2_PACKAGE, ensure_smollm2, ensure_tiny_model
 from utils.plumbing.files import DiskSpaceError
 from utils.plumbing.hub import HubUnreachableError, hub_reachable
-from utils.models import SMOLLM2_PACKAGE, ensure_smollm2, ensure_tiny_model
 from utils.profiles import DIALOGSUM_HUB, TINY_T5, get_profile
 from utils.quantization import QuantizationUnavailable, bitsandbytes_problem, load_4bit_model
 
@@ -95,6 +95,15 @@ def test_run_with_an_unknown_profile_exits_2_naming_the_valid_profiles(isolated_
     assert result.returncode == 2
     assert "nonsense" in line and all(name in line for name in ("tiny", "offline", "colab", "gpu"))
     assert not (isolated_runs / "nonsense").exists()
+
+
+def test_an_unknown_profile_is_refused_before_torch_is_loaded():
+    script = "import sys; from utils.apps.cli import main; code = main(['run']); print(code, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "COURSE_PROFILE": "nonsense"}, timeout=120, check=False)
+
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith("error: Unknown COURSE_PROFILE 'nonsense'")
 
 
 @no_cuda

@@ -40,12 +40,13 @@ def _checked_profile():
     A profile this machine cannot run stops here with one line (exit code 2), instead of every
     notebook failing in turn.
     """
-    from utils.models import resolve_device
     from utils.plumbing.hub import require_hub_or_cache
     from utils.profiles import choose_profile, hub_repos, with_overrides
 
-    profile, reason = choose_profile()
+    profile, reason = choose_profile()  # before torch is imported: an unknown profile fails in a second
     profile = with_overrides(profile)
+    from utils.models import resolve_device
+
     resolve_device(profile)  # ProfileError when it needs a CUDA GPU this machine lacks
     if profile.needs_hub:
         require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
@@ -75,9 +76,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    profile, reason = _checked_profile()
     from utils.apps.runner import run_course
 
-    profile, reason = _checked_profile()
     print(f"Running the course in profile {profile.run_name} ({reason}).")
     ok = run_course(profile, args.notebooks or None, redo=args.redo)
     path = _write_report(profile)
@@ -219,11 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     training.set_defaults(handler=_train)
     args = parser.parse_args(argv)
 
-    from utils.apps.errors import USER_ERRORS
+    from utils.apps.errors import is_user_error
 
     try:
         return args.handler(args)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not is_user_error(error):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR
 
