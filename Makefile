@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run lab test clean lock upgrade check-results
+.PHONY: setup run lab test test-long clean lock upgrade check-results
 
 setup: $(STAMP)
 
@@ -56,8 +56,15 @@ lab: $(KERNEL_SPEC)
 $(KERNEL_SPEC): $(STAMP)
 	$(VENV_PY) -m utils.apps.kernel
 
+# `make test`: every test but the `long` ones, which run again, in another profile or method, what it runs once
+# of a kind (under 15 minutes from a fresh clone). `make test-long`: those (CI runs both).
+TEST_ENV := HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
+
 test: $(STAMP)
-	HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1 $(VENV_PY) -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(VENV_PY) -m pytest -q -m "not long" $(PYTEST_ARGS)
+
+test-long: $(STAMP)
+	$(TEST_ENV) $(VENV_PY) -m pytest -q -m long $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -37,6 +37,7 @@ def test_an_unknown_method_is_refused(tiny_profile):
         measure_training_steps(tiny_profile, "bitfit", steps=1)
 
 
+@pytest.mark.long  # one more measurement process per method; `make test` times the plain loop against one
 def test_methods_are_measured_in_their_own_processes_with_ratios_to_full():
     from utils.profiles import get_profile
 

@@ -342,6 +342,7 @@ def test_the_gguf_keeps_the_original_metadata_but_its_name_and_file_type(offline
     assert {t.tensor_type.name for t in written.tensors} == {"F16", "F32"}  # F32: the norms, as llama.cpp wants
 
 
+@pytest.mark.long  # another GGUF type of the export that `make test` checks by summarizing with it
 @pytest.mark.offline_model
 def test_an_f32_gguf_holds_exactly_the_exported_folders_weights(offline_export, tmp_path):
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint

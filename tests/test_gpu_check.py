@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from utils.plumbing.files import PROJECT_ROOT
 
 
+@pytest.mark.long  # every step it runs, `make test` runs on its own; this checks that the script holds together
 def test_the_gpu_check_dry_run_writes_its_three_tables(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path), "--dry"], cwd=PROJECT_ROOT, env=env,
@@ -22,7 +25,6 @@ def test_the_gpu_check_dry_run_writes_its_three_tables(tmp_path):
 
 
 def test_the_gpu_check_refuses_a_machine_without_a_gpu_unless_dry(tmp_path):
-    import pytest
     import torch
 
     if torch.cuda.is_available():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from utils.plumbing.files import PROJECT_ROOT
 from utils.apps.hub_standins import DIALOGSUM as DATASET
 from utils.apps.hub_standins import FLAN_T5 as MODEL
 from utils.apps.hub_standins import seed_online_cache, seed_repository, write_dialogsum, write_flan_t5
+from utils.plumbing.files import PROJECT_ROOT
 from utils.profiles import ONLINE_REWARD_BACKBONE, ONLINE_TOXICITY_CLASSIFIER
 
 
@@ -59,6 +59,7 @@ def test_only_what_the_cache_lacks_is_named(hf_home):
     assert ONLINE_TOXICITY_CLASSIFIER in result.stderr and ONLINE_REWARD_BACKBONE in result.stderr
 
 
+@pytest.mark.long  # `make test` runs notebook 02 in `colab` from a seeded cache (tests/test_online_profiles.py)
 def test_with_everything_cached_an_online_profile_runs_from_the_cache(hf_home):
     snapshot = seed_online_cache(hf_home)[MODEL]
 

@@ -89,7 +89,10 @@ def train_here(method, profile_name="tiny"):
 
 
 # Every method once, on the encoder-decoder; LoRA on the decoder-only model (one resume mechanism for all).
-@pytest.mark.parametrize("method, profile", [("full", "tiny"), ("prompt_tuning", "tiny"), ("qlora", "tiny"),
+# `make test` kills LoRA; the other methods are `long` (`make test-long`, CI).
+@pytest.mark.parametrize("method, profile", [pytest.param("full", "tiny", marks=pytest.mark.long),
+                                             pytest.param("prompt_tuning", "tiny", marks=pytest.mark.long),
+                                             pytest.param("qlora", "tiny", marks=pytest.mark.long),
                                              ("lora", "tiny-causal")])
 def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(
         method, profile, tmp_path):
@@ -112,6 +115,7 @@ def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninter
     assert (folder / FINISHED).exists()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("profile", ["tiny", "tiny-causal"])  # an encoder-decoder and a decoder-only policy
 def test_killed_ppo_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(profile, tmp_path):
     runs = tmp_path / "killed"

@@ -26,7 +26,9 @@ def finished_record(folder: Path) -> tuple[bytes, int] | None:
     return (finished.read_bytes(), finished.stat().st_mtime_ns) if finished.exists() else None
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# `make test` runs 02 and its solution; the other notebooks are `long` (`make test-long`, CI).
+@pytest.mark.parametrize("notebook", [pytest.param(p, id=p.stem, marks=[] if p.stem == "02_full_fine_tuning"
+                                                   else [pytest.mark.long]) for p in NOTEBOOKS])
 def test_notebook_runs_with_nbval_in_the_tiny_decoder_only_profile_and_then_its_solution_reusing_it(
         notebook, tmp_path):
     runs, profile = tmp_path / "runs", "tiny-causal"

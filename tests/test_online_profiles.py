@@ -36,11 +36,14 @@ def standin_cache(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 # At test sizes `gpu` differs from `colab` in its dtype (bfloat16 weights, float32 master weights) and its
 # batches, which matter where a notebook trains: notebook 01 only generates, as every other notebook does
 # in `gpu` too, so it runs in `colab` alone.
-ONLINE_RUNS = [(notebook, profile) for notebook in NOTEBOOKS for profile in ("colab", "gpu")
+# `make test` runs 02 in `colab` (it trains, evaluates and records); the rest are `long` (`make test-long`, CI).
+ONLINE_RUNS = [pytest.param(notebook, profile, id=f"{notebook.stem}-{profile}",
+                            marks=[] if (notebook.stem, profile) == ("02_full_fine_tuning", "colab") else [pytest.mark.long])
+               for notebook in NOTEBOOKS for profile in ("colab", "gpu")
                if (notebook.stem, profile) != ("01_prompting", "gpu")]
 
 
-@pytest.mark.parametrize(("notebook", "profile"), ONLINE_RUNS, ids=[f"{n.stem}-{p}" for n, p in ONLINE_RUNS])
+@pytest.mark.parametrize(("notebook", "profile"), ONLINE_RUNS)
 def test_notebook_runs_in_the_online_profile_from_the_cache(notebook, profile, standin_cache, tmp_path):
     hf_home, _ = standin_cache
     environ = {"COURSE_PROFILE": profile, "COURSE_SMOKE": "1", "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}

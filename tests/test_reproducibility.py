@@ -20,7 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "train_method.py"
 
 
-@pytest.mark.parametrize("profile", ["tiny", "tiny-causal"])
+# The encoder-decoder is `long` (`make test-long`, CI): one seeding mechanism serves both families.
+@pytest.mark.parametrize("profile", [pytest.param("tiny", marks=pytest.mark.long), "tiny-causal"])
 def test_training_and_evaluating_twice_in_separate_processes_gives_identical_losses_weights_and_rouge(
         profile, tmp_path):
     """Two runs at once (2 cores), each in its own process and runs folder: fine-tune, then summarize the test split."""

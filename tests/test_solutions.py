@@ -91,8 +91,10 @@ def unfinished_trainings(solution: Path, profile: str, runs: Path) -> list[str]:
     return [name for name in names if not (runs / profile / "checkpoints" / name / "finished.json").exists()]
 
 
+# `long` (`make test-long`, CI): `make test` runs 02's solution after its notebook in tiny-causal.
 # In tiny-causal each solution runs after its notebook, in the notebook's runs folder (tests/test_notebooks.py),
 # where it is also checked to reuse the notebook's training and leave its results alone.
+@pytest.mark.long
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
 def test_a_solution_runs_from_its_folder_with_nbval_in_the_tiny_profile_and_records_nothing(solution, tmp_path):
     runs = tmp_path / "runs"
