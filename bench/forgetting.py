@@ -1,15 +1,17 @@
 """Forgetting, headless: the second task before and after training on summaries, for full, LoRA and multitask.
 
-    COURSE_PROFILE=offline .venv/bin/python bench/forgetting.py [--epochs 4] [--learning-rate 1e-4]
-        [--methods full lora multitask] [--share 0.25]
+    COURSE_PROFILE=offline .venv/bin/python bench/forgetting.py [--epochs 4] [--learning-rate 5e-4]
+        [--methods full multitask lora] [--share 0.25]
 
 Both probes of the second task: the benchmark (lm-evaluation-harness, log-likelihood of the
 gold choice, utils/benchmarks.py) and short answers written by the model (utils/forgetting.py).
-`full` and `multitask` train every weight at --learning-rate, `lora` trains notebook 03's adapter at
-the profile's PEFT rate; all for --epochs passes over the summaries (multitask: as many optimizer
-steps, with --share of each batch on average second-task examples). Trainings go to
-runs/<profile>/checkpoints/forgetting-* and are reused by reruns with the same settings. Prints a
-markdown table: each probe's accuracy before and after, and the paired 95% interval of after - before.
+The trainings are notebook 02's and 03's (`train_for_forgetting`): `full` and `multitask` train
+every weight at --learning-rate, `lora` trains notebook 03's adapter at the profile's PEFT rate; all
+for --epochs passes over the summaries (multitask: as many optimizer steps, with --share of the
+examples from the second task). Defaults: the profile's `forgetting_epochs` and
+`forgetting_learning_rate`. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
+and by the notebooks with the same settings. Prints a markdown table: each probe's accuracy before
+and after, and the paired 95% interval of after - before.
 """
 
 from __future__ import annotations
@@ -19,47 +21,42 @@ import argparse
 import pandas as pd
 
 from utils import course
-from utils.adapters import add_lora
 from utils.benchmarks import compare_results, run_benchmark
 from utils.data import load_profile_data, tokenize_for_training
-from utils.forgetting import compare_probes, multitask_mix, second_task_training_set, short_answer_probe
+from utils.forgetting import (
+    FORGETTING_METHODS,
+    MULTITASK_SHARE,
+    compare_probes,
+    short_answer_probe,
+    train_for_forgetting,
+)
 from utils.models import load_model_and_tokenizer
-from utils.training import train
-
-METHODS = ("full", "lora", "multitask")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--epochs", type=float, default=4.0)
-    parser.add_argument("--learning-rate", type=float, default=None, help="full and multitask (default: the profile's)")
-    parser.add_argument("--share", type=float, default=0.25, help="second-task share of the multitask data")
+    parser.add_argument("--methods", nargs="+", choices=FORGETTING_METHODS, default=list(FORGETTING_METHODS))
+    parser.add_argument("--epochs", type=float, default=None, help="default: the profile's forgetting_epochs")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="full and multitask (default: the profile's forgetting_learning_rate)")
+    parser.add_argument("--share", type=float, default=MULTITASK_SHARE, help="second-task share of the multitask data")
     args = parser.parse_args()
     run = course.start("bench_forgetting")
     profile = run.profile
-    learning_rate = args.learning_rate or profile.full_learning_rate
+    epochs = args.epochs or profile.forgetting_epochs
+    learning_rate = args.learning_rate or profile.forgetting_learning_rate
     model, tokenizer = load_model_and_tokenizer(profile)
     data = load_profile_data(profile)
     summaries = tokenize_for_training(data["train"], tokenizer, profile)
     validation = tokenize_for_training(data["validation"], tokenizer, profile)
     benchmark_before, answers_before = run_benchmark(model, tokenizer, profile), short_answer_probe(model, tokenizer, profile)
     print("base:", benchmark_before.summary(), "|", answers_before.summary(), flush=True)
+    del model
     rows = {}
     for method in args.methods:
-        candidate, _ = load_model_and_tokenizer(profile)
-        settings = f"e{args.epochs:g}-lr{learning_rate:g}"
-        if method == "lora":
-            candidate = add_lora(candidate, rank=profile.lora_rank)
-            trained = train(candidate, tokenizer, profile, f"forgetting-lora-e{args.epochs:g}", summaries, validation,
-                            profile.peft_learning_rate, epochs=args.epochs)
-        elif method == "multitask":
-            mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), args.share)
-            trained = train(candidate, tokenizer, profile, f"forgetting-multitask-{settings}-share{args.share:g}",
-                            mixed, validation, learning_rate, epochs=args.epochs * len(summaries) / len(mixed))
-        else:
-            trained = train(candidate, tokenizer, profile, f"forgetting-full-{settings}", summaries, validation,
-                            learning_rate, epochs=args.epochs)
+        trained = train_for_forgetting(method, tokenizer, profile, summaries, validation, epochs, learning_rate,
+                                       args.share)
+        candidate = trained.model
         benchmark = compare_results(benchmark_before, run_benchmark(candidate, tokenizer, profile))
         answers = compare_probes(answers_before, short_answer_probe(candidate, tokenizer, profile))
         print(f"{method}:", benchmark.summary(), "|", answers.summary(), flush=True)
@@ -70,8 +67,8 @@ def main() -> None:
             "short answers before": answers.before, "short answers after": answers.after,
             "short answers CI": f"[{answers.ci_low:+.3f}, {answers.ci_high:+.3f}]",
         }
-        del candidate
-    print(f"\n{profile.name}, {args.epochs:g} epochs, full/multitask lr {learning_rate:g}, share {args.share:g}\n")
+        del candidate, trained
+    print(f"\n{profile.name}, {epochs:g} epochs, full/multitask lr {learning_rate:g}, share {args.share:g}\n")
     print(pd.DataFrame(rows).T.to_markdown(floatfmt=".3f"))
 
 

@@ -13,6 +13,7 @@ from utils.forgetting import (
     names,
     second_task_training_set,
     short_answer_probe,
+    train_for_forgetting,
 )
 
 
@@ -69,3 +70,24 @@ def test_a_comparison_counts_fixed_and_broken_answers():
     assert (change.fixed, change.broken, change.difference) == (1, 1, 0.0)
     with pytest.raises(ValueError, match="same questions"):
         compare_probes(before, ProbeResult(["z"], ["?"], ["x"], [True]))
+
+
+def test_forgetting_trainings_reuse_the_main_run_only_when_their_settings_are_the_main_ones(tiny_profile,
+                                                                                           tiny_model_and_tokenizer):
+    from utils.data import load_profile_data
+
+    _, tokenizer = tiny_model_and_tokenizer
+    data = load_profile_data(tiny_profile)
+    summaries = tokenize_for_training(data["train"], tokenizer, tiny_profile)
+    validation = tokenize_for_training(data["validation"], tokenizer, tiny_profile)
+
+    main = train_for_forgetting("full", tokenizer, tiny_profile, summaries, validation, epochs=tiny_profile.epochs,
+                                learning_rate=tiny_profile.full_learning_rate)
+    pushed = train_for_forgetting("full", tokenizer, tiny_profile, summaries, validation)
+    mixed = train_for_forgetting("multitask", tokenizer, tiny_profile, summaries, validation)
+
+    assert main.output_dir.name == "full"
+    assert pushed.output_dir.name == "forgetting-full-e1-lr0.002"  # the tiny profiles: one pass at 2e-3
+    assert mixed.output_dir.name.startswith("forgetting-multitask-") and not mixed.reused
+    with pytest.raises(ValueError, match="method must be one of"):
+        train_for_forgetting("adapters", tokenizer, tiny_profile, summaries, validation)

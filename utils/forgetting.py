@@ -14,6 +14,10 @@ questions, with short answers) into the summaries, so training keeps rewarding t
     after = short_answer_probe(model, tokenizer, profile)
     print(compare_probes(before, after).summary())
     mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share=0.25)
+
+`train_for_forgetting` trains a fresh base model for the profile's forgetting settings by one of
+the three methods compared (full, multitask, LoRA); notebooks 02 and 03 and bench/forgetting.py
+share its trainings.
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ from dataclasses import dataclass
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils.adapters import add_lora
 from utils.benchmarks import BENCHMARK_DIR, BenchmarkComparison, compare_correctness
 from utils.data import read_rows, tokenize_pairs
 from utils.generation import generate
+from utils.models import load_model_and_tokenizer
 from utils.plumbing.files import DATA_DIR
 from utils.profiles import Profile
 from utils.prompts import model_input
+from utils.training import TrainingRun, train
 
 PROBE_FILE = BENCHMARK_DIR / "everyday_mc.jsonl"
 SECOND_TASK_TRAIN = DATA_DIR / "everyday_qa" / "train.jsonl"
 INSTRUCTION = "Answer in a few words."
+FORGETTING_METHODS = ("full", "multitask", "lora")
+MULTITASK_SHARE = 0.25  # a quarter of the examples from the second task: enough to keep it, most still summaries
 ANSWER_TOKENS = 16  # a few words: longer answers are not needed to name the gold choice
 
 
@@ -110,3 +119,34 @@ def multitask_mix(first: Dataset, second: Dataset, share: float, seed: int = 0) 
     columns = ["input_ids", "attention_mask", "labels"]
     added = second.shuffle(seed=seed).select(range(wanted)).select_columns(columns)
     return concatenate_datasets([first.select_columns(columns), added]).shuffle(seed=seed)
+
+
+def train_for_forgetting(
+    method: str, tokenizer: PreTrainedTokenizerBase, profile: Profile, summaries: Dataset, validation: Dataset,
+    epochs: float | None = None, learning_rate: float | None = None, share: float = MULTITASK_SHARE,
+) -> TrainingRun:
+    """Train a fresh base model on the summaries by `method` ("full", "multitask" or "lora").
+
+    `epochs` (default: the profile's `forgetting_epochs`) passes over the summaries; full and
+    multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at the profile's PEFT
+    rate. Multitask adds second-task examples to make up `share` of the data and trains for as many
+    optimizer steps as full. Settings equal to the main runs' (notebooks 02 and 03) reuse them.
+    """
+    if method not in FORGETTING_METHODS:
+        raise ValueError(f"method must be one of {FORGETTING_METHODS}, not {method!r}")
+    epochs = profile.forgetting_epochs if epochs is None else epochs
+    learning_rate = profile.forgetting_learning_rate if learning_rate is None else learning_rate
+    model, _ = load_model_and_tokenizer(profile)
+    settings = f"e{epochs:g}-lr{learning_rate:g}"
+    if method == "lora":
+        rank = profile.lora_rank
+        name = f"lora-r{rank}" if epochs == profile.epochs else f"forgetting-lora-r{rank}-e{epochs:g}"
+        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation,
+                     profile.peft_learning_rate, epochs=epochs)
+    if method == "multitask":
+        mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share)
+        return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, validation,
+                     learning_rate, epochs=epochs * len(summaries) / len(mixed))
+    main_run = (epochs, learning_rate) == (profile.epochs, profile.full_learning_rate)
+    return train(model, tokenizer, profile, "full" if main_run else f"forgetting-full-{settings}", summaries,
+                 validation, learning_rate, epochs=epochs)

@@ -63,6 +63,11 @@ class Profile:
     eval_batch_size: int
     full_learning_rate: float
     peft_learning_rate: float
+    # Forgetting (notebooks 02 and 03): passes over the training summaries and the full (and multitask)
+    # learning rate of the runs that measure what training costs a second task. Equal to `epochs` and
+    # `full_learning_rate`, those runs are the main ones, reused.
+    forgetting_epochs: float
+    forgetting_learning_rate: float
     # Lengths in tokens.
     max_source_tokens: int
     max_target_tokens: int
@@ -212,7 +217,7 @@ def hub_repos(profile: Profile) -> list:
 # COURSE_SMOKE=1: any profile at the tiny profiles' sizes (a few rows, a few steps, short
 # generations), on the CPU when there is no GPU. Model, family, dtype, data and templates stay.
 SMOKE_SIZES = (
-    "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size",
+    "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size", "forgetting_epochs",
     "eval_batch_size", "max_new_tokens", "lora_rank", "sweep_ranks", "sweep_train_examples",
     "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
     "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps", "dpo_steps", "dpo_batch_size",
