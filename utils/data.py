@@ -298,12 +298,3 @@ def batches(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, model: torch
     from torch.utils.data import DataLoader
 
     return DataLoader(tokenized, batch_size=batch_size, collate_fn=training_collator(tokenizer, model))
-
-
-GENERAL_QA = DATA_DIR / "general_qa" / "general_qa.jsonl"
-
-
-def load_general_qa() -> Dataset:
-    """The second task (general questions and instructions) used to measure forgetting."""
-    rows = read_rows(GENERAL_QA)
-    return Dataset.from_dict({key: [r[key] for r in rows] for key in ("id", "instruction", "response")})

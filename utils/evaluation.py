@@ -8,11 +8,11 @@ import pandas as pd
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.data import batches, load_general_qa, prompts_for, tokenize_for_training, tokenize_pairs
+from utils.data import batches, prompts_for, tokenize_for_training
 from utils.generation import generate
 from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
 from utils.profiles import Profile
-from utils.prompts import DEFAULT_TEMPLATE, model_input
+from utils.prompts import DEFAULT_TEMPLATE
 
 
 def summarize(
@@ -59,12 +59,4 @@ def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      dataset: Dataset) -> float:
     """Perplexity of the reference summaries of `dataset` given their prompts."""
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
-    return perplexity(model, batches(tokenized, tokenizer, model, profile.eval_batch_size))
-
-
-def general_qa_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile) -> float:
-    """Perplexity of the answers of the second task (general questions): it rises when a model forgets."""
-    qa = load_general_qa()
-    prompts = [model_input(tokenizer, q, profile.is_encoder_decoder) for q in qa["instruction"]]
-    tokenized = tokenize_pairs(prompts, list(qa["response"]), tokenizer, profile)
     return perplexity(model, batches(tokenized, tokenizer, model, profile.eval_batch_size))

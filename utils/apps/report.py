@@ -21,8 +21,12 @@ TABLE_COLUMNS = (
     "tokens_per_second",
     "bleu",
     "perplexity",
-    "general_qa_perplexity_before",
-    "general_qa_perplexity_after",
+    "second_task_before",  # forgetting: short-answer accuracy before and after, and the paired interval of the change
+    "second_task_after",
+    "second_task_ci_low",
+    "second_task_ci_high",
+    "benchmark_before",  # the lm-eval benchmark's accuracy, before and after
+    "benchmark_after",
 )
 
 
