@@ -1,15 +1,15 @@
 """Forgetting, headless: the second task before and after training on summaries, for full, LoRA and multitask.
 
     COURSE_PROFILE=offline .venv/bin/python bench/forgetting.py [--epochs 4] [--learning-rate 5e-4]
-        [--methods full multitask lora] [--share 0.25]
+        [--methods full multitask lora] [--share 0.25] [--lora-learning-rate 1e-3]
 
 Both probes of the second task: the benchmark (lm-evaluation-harness, log-likelihood of the
 gold choice, utils/benchmarks.py) and short answers written by the model (utils/forgetting.py).
 The trainings are notebook 02's and 03's (`train_for_forgetting`): `full` and `multitask` train
-every weight at --learning-rate, `lora` trains notebook 03's adapter at the profile's PEFT rate; all
+every weight at --learning-rate, `lora` trains notebook 03's adapter at --lora-learning-rate; all
 for --epochs passes over the summaries (multitask: as many optimizer steps, with --share of the
-examples from the second task). Defaults: the profile's `forgetting_epochs` and
-`forgetting_learning_rate`. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
+examples from the second task). Defaults: the profile's `forgetting_epochs`,
+`forgetting_learning_rate` and PEFT rate. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
 and by the notebooks with the same settings. Prints a markdown table: each probe's accuracy before
 and after, and the paired 95% interval of after - before.
 """
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: the profile's forgetting_epochs")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="full and multitask (default: the profile's forgetting_learning_rate)")
+    parser.add_argument("--lora-learning-rate", type=float, default=None, help="default: the profile's PEFT rate")
     parser.add_argument("--share", type=float, default=MULTITASK_SHARE, help="second-task share of the multitask data")
     args = parser.parse_args()
     run = course.start("bench_forgetting")
@@ -55,7 +56,7 @@ def main() -> None:
     rows = {}
     for method in args.methods:
         trained = train_for_forgetting(method, tokenizer, profile, summaries, validation, epochs, learning_rate,
-                                       args.share)
+                                       args.share, args.lora_learning_rate)
         candidate = trained.model
         benchmark = compare_results(benchmark_before, run_benchmark(candidate, tokenizer, profile))
         answers = compare_probes(answers_before, short_answer_probe(candidate, tokenizer, profile))

@@ -89,5 +89,7 @@ def test_forgetting_trainings_reuse_the_main_run_only_when_their_settings_are_th
     assert main.output_dir.name == "full"
     assert pushed.output_dir.name == "forgetting-full-e1-lr0.002"  # the tiny profiles: one pass at 2e-3
     assert mixed.output_dir.name.startswith("forgetting-multitask-") and not mixed.reused
+    slow_lora = train_for_forgetting("lora", tokenizer, tiny_profile, summaries, validation, lora_learning_rate=1e-4)
+    assert slow_lora.output_dir.name == f"forgetting-lora-r{tiny_profile.lora_rank}-e1-lr0.0001"
     with pytest.raises(ValueError, match="method must be one of"):
         train_for_forgetting("adapters", tokenizer, tiny_profile, summaries, validation)

@@ -124,12 +124,13 @@ def multitask_mix(first: Dataset, second: Dataset, share: float, seed: int = 0) 
 def train_for_forgetting(
     method: str, tokenizer: PreTrainedTokenizerBase, profile: Profile, summaries: Dataset, validation: Dataset,
     epochs: float | None = None, learning_rate: float | None = None, share: float = MULTITASK_SHARE,
+    lora_learning_rate: float | None = None,
 ) -> TrainingRun:
     """Train a fresh base model on the summaries by `method` ("full", "multitask" or "lora").
 
     `epochs` (default: the profile's `forgetting_epochs`) passes over the summaries; full and
-    multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at the profile's PEFT
-    rate. Multitask adds second-task examples to make up `share` of the data and trains for as many
+    multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at `lora_learning_rate`
+    (default: the profile's PEFT rate). Multitask adds second-task examples to make up `share` of the data and trains for as many
     optimizer steps as full. Settings equal to the main runs' (notebooks 02 and 03) reuse them.
     """
     if method not in FORGETTING_METHODS:
@@ -139,10 +140,11 @@ def train_for_forgetting(
     model, _ = load_model_and_tokenizer(profile)
     settings = f"e{epochs:g}-lr{learning_rate:g}"
     if method == "lora":
-        rank = profile.lora_rank
-        name = f"lora-r{rank}" if epochs == profile.epochs else f"forgetting-lora-r{rank}-e{epochs:g}"
-        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation,
-                     profile.peft_learning_rate, epochs=epochs)
+        rank, rate = profile.lora_rank, lora_learning_rate or profile.peft_learning_rate
+        name = f"forgetting-lora-r{rank}-e{epochs:g}" + ("" if rate == profile.peft_learning_rate else f"-lr{rate:g}")
+        if (epochs, rate) == (profile.epochs, profile.peft_learning_rate):
+            name = f"lora-r{rank}"  # notebook 03's main adapter
+        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation, rate, epochs=epochs)
     if method == "multitask":
         mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share)
         return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, validation,
