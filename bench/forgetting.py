@@ -1,7 +1,7 @@
 """Forgetting, headless: the second task before and after training on summaries, for full, LoRA and multitask.
 
     COURSE_PROFILE=offline .venv/bin/python bench/forgetting.py [--epochs 4] [--learning-rate 5e-4]
-        [--methods full multitask lora] [--share 0.25] [--lora-learning-rate 1e-3]
+        [--methods full multitask lora] [--share 0.25] [--lora-learning-rate 5e-4]
 
 Both probes of the second task: the benchmark (lm-evaluation-harness, log-likelihood of the
 gold choice, utils/benchmarks.py) and short answers written by the model (utils/forgetting.py).
@@ -9,7 +9,7 @@ The trainings are notebook 02's and 03's (`train_for_forgetting`): `full` and `m
 every weight at --learning-rate, `lora` trains notebook 03's adapter at --lora-learning-rate; all
 for --epochs passes over the summaries (multitask: as many optimizer steps, with --share of the
 examples from the second task). Defaults: the profile's `forgetting_epochs`,
-`forgetting_learning_rate` and PEFT rate. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
+`forgetting_learning_rate` and `forgetting_lora_learning_rate`. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
 and by the notebooks with the same settings. Prints a markdown table: each probe's accuracy before
 and after, and the paired 95% interval of after - before.
 """
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: the profile's forgetting_epochs")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="full and multitask (default: the profile's forgetting_learning_rate)")
-    parser.add_argument("--lora-learning-rate", type=float, default=None, help="default: the profile's PEFT rate")
+    parser.add_argument("--lora-learning-rate", type=float, default=None, help="default: the profile's forgetting_lora_learning_rate")
     parser.add_argument("--share", type=float, default=MULTITASK_SHARE, help="second-task share of the multitask data")
     args = parser.parse_args()
     run = course.start("bench_forgetting")

@@ -89,7 +89,22 @@ def test_forgetting_trainings_reuse_the_main_run_only_when_their_settings_are_th
     assert main.output_dir.name == "full"
     assert pushed.output_dir.name == "forgetting-full-e1-lr0.002"  # the tiny profiles: one pass at 2e-3
     assert mixed.output_dir.name.startswith("forgetting-multitask-") and not mixed.reused
+    lora = train_for_forgetting("lora", tokenizer, tiny_profile, summaries, validation)
+    assert lora.output_dir.name == f"forgetting-lora-r{tiny_profile.lora_rank}-e1-lr0.002"  # forgetting_lora_learning_rate
     slow_lora = train_for_forgetting("lora", tokenizer, tiny_profile, summaries, validation, lora_learning_rate=1e-4)
     assert slow_lora.output_dir.name == f"forgetting-lora-r{tiny_profile.lora_rank}-e1-lr0.0001"
+    main_adapter = train_for_forgetting("lora", tokenizer, tiny_profile, summaries, validation,
+                                        epochs=tiny_profile.epochs, lora_learning_rate=tiny_profile.peft_learning_rate)
+    assert main_adapter.output_dir.name == f"lora-r{tiny_profile.lora_rank}"  # notebook 03's section 3
     with pytest.raises(ValueError, match="method must be one of"):
         train_for_forgetting("adapters", tokenizer, tiny_profile, summaries, validation)
+
+
+@pytest.mark.parametrize("name", ["colab", "gpu"])
+def test_the_online_profiles_measure_forgetting_on_their_main_runs_which_notebooks_02_and_03_reuse(name):
+    from utils.profiles import get_profile
+
+    profile = get_profile(name)
+
+    assert (profile.forgetting_epochs, profile.forgetting_learning_rate) == (profile.epochs, profile.full_learning_rate)
+    assert profile.forgetting_lora_learning_rate == profile.peft_learning_rate

@@ -130,8 +130,9 @@ def train_for_forgetting(
 
     `epochs` (default: the profile's `forgetting_epochs`) passes over the summaries; full and
     multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at `lora_learning_rate`
-    (default: the profile's PEFT rate). Multitask adds second-task examples to make up `share` of the data and trains for as many
-    optimizer steps as full. Settings equal to the main runs' (notebooks 02 and 03) reuse them.
+    (default: `forgetting_lora_learning_rate`). Multitask adds second-task examples to make up
+    `share` of the data and trains for as many optimizer steps as full. Settings equal to the main
+    runs' (notebooks 02 and 03) reuse them.
     """
     if method not in FORGETTING_METHODS:
         raise ValueError(f"method must be one of {FORGETTING_METHODS}, not {method!r}")
@@ -140,7 +141,7 @@ def train_for_forgetting(
     model, _ = load_model_and_tokenizer(profile)
     settings = f"e{epochs:g}-lr{learning_rate:g}"
     if method == "lora":
-        rank, rate = profile.lora_rank, lora_learning_rate or profile.peft_learning_rate
+        rank, rate = profile.lora_rank, lora_learning_rate or profile.forgetting_lora_learning_rate
         name = f"forgetting-lora-r{rank}-e{epochs:g}" + ("" if rate == profile.peft_learning_rate else f"-lr{rate:g}")
         if (epochs, rate) == (profile.epochs, profile.peft_learning_rate):
             name = f"lora-r{rank}"  # notebook 03's main adapter

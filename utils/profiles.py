@@ -64,10 +64,11 @@ class Profile:
     full_learning_rate: float
     peft_learning_rate: float
     # Forgetting (notebooks 02 and 03): passes over the training summaries and the full (and multitask)
-    # learning rate of the runs that measure what training costs a second task. Equal to `epochs` and
-    # `full_learning_rate`, those runs are the main ones, reused.
+    # and LoRA learning rates of the runs that measure what training costs a second task. Equal to
+    # `epochs` and `full_learning_rate` (`peft_learning_rate`), those runs are the main ones, reused.
     forgetting_epochs: float
     forgetting_learning_rate: float
+    forgetting_lora_learning_rate: float
     # Lengths in tokens.
     max_source_tokens: int
     max_target_tokens: int
