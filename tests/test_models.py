@@ -175,3 +175,31 @@ def test_the_offline_profile_uses_a_gpu_when_there_is_one(monkeypatch):
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert (resolve_device(offline).type, resolve_dtype(offline)) == ("cpu", torch.float32)
+
+
+def test_training_computes_in_bf16_only_where_the_hardware_does_it_natively(monkeypatch):
+    from dataclasses import replace
+
+    from utils import models
+    from utils.models import training_precision
+    from utils.profiles import get_profile
+
+    offline = get_profile("offline")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert training_precision(offline) == (torch.bfloat16, "bf16 autocast: this CPU computes bf16 natively (avx512_bf16)")
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "fma"})
+    dtype, why = training_precision(offline)
+    assert dtype is None and "emulated" in why
+    assert training_precision(replace(offline, mixed_precision="bf16"))[0] == torch.bfloat16
+    assert training_precision(get_profile("tiny"))[0] is None  # the tests: float32 everywhere
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4
+    assert training_precision(offline)[0] is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    assert training_precision(offline)[0] == torch.bfloat16
+
+    with pytest.raises(ProfileError, match="mixed_precision must be"):
+        training_precision(replace(offline, mixed_precision="fp16"))

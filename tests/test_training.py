@@ -108,6 +108,27 @@ def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights_so_small_upd
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+@pytest.mark.parametrize("mixed_precision, computed_in", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_mixed_precision_computes_in_bf16_while_the_weights_train_in_float32(one_thread, mixed_precision, computed_in):
+    from dataclasses import replace
+
+    from utils.profiles import get_profile
+
+    profile = replace(get_profile("tiny"), mixed_precision=mixed_precision, max_steps=2)
+    model, tokenizer = load_model_and_tokenizer(profile)
+    computed = set()
+    first_linear = next(module for module in model.modules() if isinstance(module, torch.nn.Linear))
+    hook = first_linear.register_forward_hook(lambda module, inputs, output: computed.add(output.dtype))
+    train_set, eval_set = small_data(profile, tokenizer)
+
+    run = train(model, tokenizer, profile, f"full-{mixed_precision}", train_set, eval_set, HIGH_LEARNING_RATE)
+    hook.remove()
+
+    assert computed == {computed_in}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert run.losses()[0][-1][1] < run.losses()[0][0][1]
+
+
 def test_a_frozen_bf16_base_stays_bf16_while_its_adapter_trains_in_fp32():
     from dataclasses import replace
 

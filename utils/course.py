@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from utils.models import describe_model, resolve_device, resolve_dtype
+from utils.models import describe_model, resolve_device, resolve_dtype, training_precision
 from utils.plumbing.hub import require_hub_or_cache
 from utils.plumbing.results import record_result
 from utils.profiles import Profile, choose_profile, hub_repos, with_overrides
@@ -87,5 +87,6 @@ def start(notebook: str) -> Course:
         print(f"Needs   : {profile.cost}")
     print(f"Model   : {course.model_name} [{profile.family}]")
     print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
-    print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')}, {threads} CPU threads")
+    print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')} weights, {threads} CPU threads")
+    print(f"Training: {training_precision(profile)[1]}")
     return course

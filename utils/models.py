@@ -92,6 +92,48 @@ def resolve_dtype(profile: Profile) -> torch.dtype:
     return torch.float32
 
 
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU instructions that compute bf16 products in hardware
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (from /proc/cpuinfo; empty where there is none, as on macOS)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def training_precision(profile: Profile) -> tuple[torch.dtype | None, str]:
+    """The dtype training computes in under autocast (None: none, all float32), and why.
+
+    The weights that train stay float32 either way (utils.training.keep_fp32_master_weights).
+    `mixed_precision = "auto"`: bf16 where the hardware computes it natively (a CUDA GPU of
+    compute capability 8.0 or more; a CPU with avx512_bf16 or amx_bf16), float32 elsewhere, where
+    bf16 would be emulated and slower. "bf16" forces it, "no" never uses it.
+    """
+    if profile.mixed_precision not in ("auto", "bf16", "no"):
+        raise ProfileError(f"Profile {profile.name!r}: mixed_precision must be \"auto\", \"bf16\" or \"no\", "
+                           f"not {profile.mixed_precision!r}.")
+    device = resolve_device(profile)
+    if profile.mixed_precision == "no":
+        return None, "mixed precision off in this profile"
+    if profile.mixed_precision == "bf16":
+        return torch.bfloat16, "bf16 autocast forced by this profile"
+    if device.type == "cuda":
+        if torch.cuda.get_device_capability(device) >= (8, 0):
+            return torch.bfloat16, "bf16 autocast: this GPU computes bf16 natively"
+        return None, "float32: this GPU has no native bf16 (compute capability below 8.0)"
+    if device.type == "cpu":
+        native = sorted(cpu_flags().intersection(NATIVE_BF16_CPU_FLAGS))
+        if native:
+            return torch.bfloat16, f"bf16 autocast: this CPU computes bf16 natively ({', '.join(native)})"
+        return None, "float32: this CPU has no native bf16 (no avx512_bf16 or amx_bf16), where it would be emulated"
+    return None, f"float32 on {device.type}"
+
+
 def describe_model(profile: Profile) -> str:
     """Human-readable name of the profile's model."""
     names = {

@@ -75,6 +75,7 @@ class Profile:
     max_new_tokens: int
     # Numerics and hardware.
     dtype: str  # "float32", "bfloat16" or "auto" (bfloat16 on a CUDA GPU that has it, else float32)
+    mixed_precision: str  # training under autocast: "auto" (bf16 where computed natively), "bf16" or "no"
     device: str  # "cpu", "cuda" or "auto" (CUDA, else MPS, else the CPU)
     # LoRA: the rank of the main adapter, and the rank sweep (on a smaller slice of data).
     lora_rank: int
@@ -234,7 +235,8 @@ def smoke_sized(profile: Profile) -> Profile:
 
 
 def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
-    """Apply COURSE_SMOKE, COURSE_DATA (a local folder or file) and COURSE_*_EXAMPLES overrides."""
+    """Apply COURSE_SMOKE, COURSE_DATA (a local folder or file), COURSE_*_EXAMPLES and COURSE_MIXED_PRECISION
+    ("auto", "bf16" or "no": to train in float32 where the profile would use bf16 autocast) overrides."""
     environ = os.environ if environ is None else environ
     if environ.get("COURSE_SMOKE", "").lower() in ("1", "true", "yes"):
         profile = smoke_sized(profile)
@@ -250,4 +252,6 @@ def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
                 changes[f"{split}_examples"] = int(environ[key])
             except ValueError:
                 raise ProfileError(f"{key} must be a whole number, got {environ[key]!r}.") from None
+    if environ.get("COURSE_MIXED_PRECISION"):
+        changes["mixed_precision"] = environ["COURSE_MIXED_PRECISION"]
     return replace(profile, **changes) if changes else profile

@@ -236,7 +236,7 @@ def reward_config(
     profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int, evaluate: bool,
     **overrides,
 ):
-    """RewardConfig from the profile: four evaluations and checkpoints per run, no mixed precision on CPU."""
+    """RewardConfig from the profile: four evaluations and checkpoints per run, the profile's mixed precision."""
     from trl import RewardConfig
 
     # Each step scores 2 x batch_size texts: the chosen and the rejected summary of every pair.

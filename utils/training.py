@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from utils.data import training_collator
 from utils.families import answer_loss
-from utils.models import resolve_device, resolve_dtype
+from utils.models import resolve_device, training_precision
 from utils.plumbing.files import runs_dir
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, checkpoint_step, fingerprint
@@ -90,7 +90,7 @@ def trainer_settings(
         save_total_limit=1,  # the newest checkpoint is all a resume needs
         report_to="none",
         use_cpu=resolve_device(profile).type == "cpu",
-        bf16=resolve_dtype(profile) == torch.bfloat16,
+        bf16=training_precision(profile)[0] == torch.bfloat16,  # autocast; the trained weights stay float32
         seed=profile.seed,
         data_seed=profile.seed,
         dataloader_num_workers=0,

@@ -18,10 +18,11 @@ import torch
 from utils.adapters import FEATURE_EXTRACTION_BLOCKS, add_lora, add_prompt_tuning, train_last_blocks_only
 from utils.data import TrainingCollator, load_profile_data, tokenize_for_training, training_collator
 from utils.families import answer_loss
-from utils.models import count_parameters, load_model, load_tokenizer, resolve_device
+from utils.models import count_parameters, load_model, load_tokenizer, resolve_device, training_precision
 from utils.plumbing.measure import PeakMemory
 from utils.profiles import Profile
 from utils.prompts import SOFT_PROMPT_INIT_TEXT
+from utils.training import keep_fp32_master_weights
 
 TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 
@@ -91,9 +92,9 @@ def measure_training_steps(
 ) -> dict:
     """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
 
-    The course's step is the notebooks' (utils.families.answer_loss on the family's padding);
-    `plain=True` times a plain PyTorch step instead: right padding, the model's own loss from
-    logits at every position, fp32. Returns tokens per second (real tokens of the batch,
+    The course's step is the notebooks' (utils.families.answer_loss on the family's padding, under
+    the profile's mixed precision, utils.models.training_precision); `plain=True` times a plain
+    PyTorch step instead: right padding, the model's own loss from logits at every position, fp32. Returns tokens per second (real tokens of the batch,
     padding excluded), peak memory over loading and training (process RSS on CPU, CUDA peak
     allocated on GPU), weight memory and trainable parameters.
     """
@@ -111,7 +112,12 @@ def measure_training_steps(
         batch = {key: value.to(device) for key, value in batch.items()}
         trainable, total = count_parameters(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-        seconds, loss = timed_steps(model, batch, optimizer, steps, device, loss_of=None if plain else answer_loss)
+        if plain:
+            seconds, loss = timed_steps(model, batch, optimizer, steps, device)
+        else:
+            keep_fp32_master_weights(model)
+            seconds, loss = timed_steps(model, batch, optimizer, steps, device, training_precision(profile)[0],
+                                        answer_loss)
     return {
         "method": f"{method} (plain loop)" if plain else method,
         "device": device.type,
