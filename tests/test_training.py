@@ -54,6 +54,9 @@ def test_training_lowers_perplexity_on_its_data_and_records_losses(tiny_profile,
     assert (run.output_dir / FINISHED).exists()
     assert list((run.output_dir / "final").glob("*.safetensors"))
     assert run.train_seconds > 0 and run.tokens_per_second > 0 and run.peak_memory_mb > 0
+    assert 0 < run.step_seconds < run.train_seconds  # evaluation and checkpoints are timed apart
+    assert run.other_seconds == run.train_seconds - run.step_seconds
+    assert "s in training steps" in run.summary()
 
 
 def test_training_again_with_the_same_arguments_reuses_the_finished_run(tiny_profile):
@@ -65,6 +68,7 @@ def test_training_again_with_the_same_arguments_reuses_the_finished_run(tiny_pro
     assert same_weights(weights(second_model), weights(first_model))
     assert second_run.history == first_run.history
     assert second_run.train_seconds == first_run.train_seconds
+    assert second_run.step_seconds == first_run.step_seconds and "reused" in second_run.summary()
 
 
 def test_a_different_learning_rate_is_not_taken_for_the_finished_run(tiny_profile):

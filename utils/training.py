@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from utils.data import training_collator
 from utils.families import answer_loss
@@ -38,12 +39,44 @@ class TrainingRun:
     tokens_per_second: float
     peak_memory_mb: float
     reused: bool  # True when a finished run was loaded instead of trained
+    step_seconds: float | None = None  # of train_seconds, those in optimizer steps (None: not timed apart)
+
+    @property
+    def other_seconds(self) -> float | None:
+        """Seconds not spent in optimizer steps: evaluation, checkpoints, start-up."""
+        return None if self.step_seconds is None else self.train_seconds - self.step_seconds
+
+    def summary(self) -> str:
+        """How long the run took, and where the time went."""
+        reused = " (reused: the time of the original run)" if self.reused else ""
+        if self.step_seconds is None:
+            return f"{self.train_seconds:.0f} s{reused}, peak memory {self.peak_memory_mb:,.0f} MB"
+        return (f"{self.train_seconds:.0f} s{reused}: {self.step_seconds:.0f} s in training steps "
+                f"({self.tokens_per_second:.0f} tokens/s), {self.other_seconds:.0f} s evaluating, saving "
+                f"checkpoints and starting; peak memory {self.peak_memory_mb:,.0f} MB")
 
     def losses(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """(step, train loss) and (step, validation loss) pairs, for plots."""
         train = [(h["step"], h["loss"]) for h in self.history if "loss" in h]
         validation = [(h["step"], h["eval_loss"]) for h in self.history if "eval_loss" in h]
         return train, validation
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent inside optimizer steps (forward, backward, update): evaluation and checkpoints,
+    which the Trainer runs between steps, are left out."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
 
 
 MIN_OPTIMIZER_STEPS = 8  # fewer updates than this show little of what a method does
@@ -191,7 +224,9 @@ def train(
         _load_final_weights(model, output_dir / "final")
         print(f"Reusing the finished training in {output_dir} (delete the folder to train again).")
         return TrainingRun(model, output_dir, record["history"], record["train_seconds"],
-                           record["tokens_per_second"], record["peak_memory_mb"], reused=True)
+                           record["tokens_per_second"], record["peak_memory_mb"], reused=True,
+                           step_seconds=record.get("step_seconds"))
+    timer = StepTimer()
     trainer = AnswerLossTrainer(
         model=model,
         args=arguments,
@@ -199,26 +234,29 @@ def train(
         eval_dataset=eval_dataset,
         data_collator=training_collator(tokenizer, model),
         processing_class=tokenizer,
+        callbacks=[timer],
     )
     last = run.last_checkpoint("trainer_state.json")  # the Trainer writes trainer_state.json last
     if last:
         print(f"Resuming from {last}")
     with PeakMemory(resolve_device(profile)) as memory:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
-    # Throughput in real (unpadded) tokens: mean example length x batch size x steps run here.
+    # Throughput of the training steps alone, in real (unpadded) tokens: mean example length x batch
+    # size x steps run here, over the seconds inside those steps (not evaluation or checkpoints).
     mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
     steps_run = trainer.state.global_step - (checkpoint_step(last) if last else 0)
     global_batch = arguments.per_device_train_batch_size * processes.num_processes
-    tokens_per_second = mean_tokens * global_batch * steps_run / memory.seconds
+    tokens_per_second = mean_tokens * global_batch * steps_run / max(timer.seconds, 1e-9)
     trainer.save_model(str(output_dir / "final"))
     history = trainer.state.log_history
     if processes.is_main_process:
         run.finish({
-            "history": history, "train_seconds": memory.seconds,
+            "history": history, "train_seconds": memory.seconds, "step_seconds": timer.seconds,
             "tokens_per_second": tokens_per_second, "peak_memory_mb": memory.peak_mb,
         })
     processes.wait_for_everyone()
-    return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False)
+    return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False,
+                       step_seconds=timer.seconds)
 
 
 def _load_final_weights(model: PreTrainedModel, folder: Path) -> None:
