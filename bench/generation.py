@@ -1,18 +1,28 @@
 """Batched generation vs one example at a time (as the original labs did), same inputs, same model.
 
     .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8]
+        [--decode-steps 16] [--variants static-cache bf16-weights]
 
 Greedy decoding must give the same summaries both ways; the script checks that, then
-prints both timings and the speed ratio.
+prints both timings and the speed ratio. Then the milliseconds of one decode step at the
+batch size, against that step's floor on this machine (utils/apps/generation_speed.py: weights
+and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
+whichever is longer). `--variants` times what transformers offers besides the course's
+setting (a static key/value cache; the weights in bf16) on the same batched run, and counts
+how many summaries stay identical to the course's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
 
+import torch
+
+from utils.apps.generation_speed import decode_floor_milliseconds, decode_step_milliseconds, measure_machine_peaks
 from utils.course import configure_threads
 from utils.data import load_profile_data, prompts_for
 from utils.generation import generate
@@ -26,6 +36,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--decode-steps", type=int, default=16, help="new tokens of the decode timing (at least 2)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
     args = parser.parse_args()
 
     threads = configure_threads()
@@ -56,6 +68,39 @@ def main() -> None:
             if a != b:
                 print(f"  differs:\n    one at a time: {a!r}\n    batched:       {b!r}")
                 break
+
+    peaks = measure_machine_peaks()
+    decode_prompts = prompts[: args.batch_size]
+    context = sum(len(tokenizer(p)["input_ids"]) for p in decode_prompts) / len(decode_prompts) + args.decode_steps / 2
+    print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
+          f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
+    rows = {"course (fp32, dynamic cache)": (model, {}, batched, timings[f"batched ({args.batch_size})"])}
+    for variant in args.variants:
+        variant_model, options = VARIANTS[variant](model)
+        started = time.perf_counter()
+        variant_outputs = generate(variant_model, tokenizer, prompts, batch_size=args.batch_size,
+                                   max_new_tokens=max_new_tokens, description=variant, **options)
+        rows[variant] = (variant_model, options, variant_outputs, time.perf_counter() - started)
+    print(f"\n| setting | batched ({args.batch_size}) s | decode ms / step | floor ms | x floor | same summaries |")
+    print("|---|---|---|---|---|---|")
+    for name, (variant_model, options, variant_outputs, seconds) in rows.items():
+        step_ms = decode_step_milliseconds(variant_model, tokenizer, decode_prompts, args.decode_steps, **options)
+        floor = decode_floor_milliseconds(variant_model, len(decode_prompts), round(context), peaks)
+        same_as_course = sum(a == b for a, b in zip(variant_outputs, batched))
+        print(f"| {name} | {seconds:.1f} | {step_ms:.1f} | {floor['floor_ms']:.1f} (memory {floor['memory_ms']:.1f}, "
+              f"arithmetic {floor['arithmetic_ms']:.1f}) | {step_ms / floor['floor_ms']:.1f} | "
+              f"{same_as_course}/{len(prompts)} |")
+
+
+def bf16_weights(model):
+    """A copy of the model with its weights in bf16 (inference only: training keeps float32 weights)."""
+    return copy.deepcopy(model).to(torch.bfloat16), {}
+
+
+VARIANTS = {
+    "static-cache": lambda model: (model, {"cache_implementation": "static"}),
+    "bf16-weights": bf16_weights,
+}
 
 
 if __name__ == "__main__":
