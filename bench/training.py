@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from pathlib import Path
 
 from utils.apps.benchmark import TRAINING_METHODS, compare_training_methods
 from utils.apps.report import markdown_table
+from utils.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
 from utils.profiles import get_profile
 
 # Issue 15's targets for the course's step against the plain fp32 step, by machine kind.
@@ -35,8 +35,8 @@ def machine_kind(device: str) -> str:
     """Which of SPEED_TARGETS applies: CUDA, or a CPU with or without avx512_bf16 / amx_bf16."""
     if device == "cuda":
         return "CUDA"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "a CPU with native bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "a CPU without native bf16"
+    native = cpu_flags().intersection(NATIVE_BF16_CPU_FLAGS)
+    return "a CPU with native bf16" if native else "a CPU without native bf16"
 
 
 def main() -> None:
