@@ -18,9 +18,14 @@ os.environ.pop("COURSE_PROFILE", None)
 
 @pytest.fixture(autouse=True)
 def isolated_runs(tmp_path, monkeypatch):
-    """Every test writes runs/ (results, reports, checkpoints) under its own temporary folder."""
+    """Every test writes runs/ (results, reports, checkpoints) under its own temporary folder, and generates
+    afresh unless it asks for reuse itself (`course.start` turns reuse on for the rest of the process)."""
+    from utils.generation import reuse_generations_in
+
     monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path / "runs"
+    reuse_generations_in(None)
+    yield tmp_path / "runs"
+    reuse_generations_in(None)
 
 
 @pytest.fixture(params=["tiny", "tiny-causal"])

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 import transformers
 
+from utils.generation import reuse_generations_in
 from utils.models import describe_model, resolve_device, resolve_dtype, training_precision
+from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import require_hub_or_cache
 from utils.plumbing.results import record_result
 from utils.profiles import Profile, choose_profile, hub_repos, with_overrides
@@ -89,4 +91,8 @@ def start(notebook: str) -> Course:
     print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')} weights, {threads} CPU threads")
     print(f"Training: {training_precision(profile)[1]}")
+    generations = runs_dir(profile.run_name) / "generations"
+    reuse_generations_in(generations)
+    print(f"Reuse   : trainings and generations already done with the same weights and settings, from "
+          f"runs/{profile.run_name}/ (delete checkpoints/ or generations/ there to compute them again)")
     return course

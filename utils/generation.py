@@ -1,8 +1,24 @@
-"""Batched generation for both model families."""
+"""Batched generation for both model families, each generation done once.
+
+`reuse_generations_in(folder)` (the notebooks' `course.start` calls it with the profile's runs
+folder) keeps the token ids of every generation there, under the fingerprint of what produced
+them: the model's weights and adapter switches (utils.models.weights_fingerprint), the
+tokenizer, the prompts, every generation setting, the batch size, the library versions and the
+machine's threads and CPU kind, and for sampling the random generator's state. The same
+generation asked for again (notebook 03 scoring the base model that 02 scored, 08 sampling
+the summarizer that 06 sampled) is read back instead of computed, and leaves the random
+generator where generating would have left it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import peft
 import torch
+import transformers
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -10,7 +26,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import families
 from utils.adapters import has_soft_prompt
 from utils.families import generated_answer, prompt_padding_side
+from utils.models import weights_fingerprint
+from utils.plumbing.reuse import keep_for_reuse, reused
+from utils.plumbing.run_state import fingerprint
 from utils.prompts import encode
+
+_reuse_folder: Path | None = None  # where generations are kept for reuse; None: always generate
+
+
+def reuse_generations_in(folder: Path | None) -> None:
+    """Keep every generation in `folder` and read it back when asked for again (None: generate every time)."""
+    global _reuse_folder
+    _reuse_folder = None if folder is None else Path(folder)
 
 
 def generate_ids(
@@ -33,12 +60,35 @@ def generate_ids(
     """
     if not prompts:
         return []
+    generation_kwargs.setdefault("do_sample", False)
+    generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    if _reuse_folder is None:
+        return _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
+                             generation_kwargs)
+    key = generation_fingerprint(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 **generation_kwargs)
+    record = reused(_reuse_folder, key)
+    if record is not None:
+        if progress:
+            print(f"{description}: {len(prompts)} generations reused (same weights, prompts and settings as before)")
+        if record["random_state_after"] is not None:
+            _set_random_state(record["random_state_after"])
+        return record["token_ids"]
+    outputs = _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
+                            generation_kwargs)
+    keep_for_reuse(_reuse_folder, key, {
+        "description": description, "prompts": len(prompts), "token_ids": outputs,
+        "random_state_after": _random_state(model) if generation_kwargs["do_sample"] else None,
+    })
+    return outputs
+
+
+def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool,
+                  description: str, generation_kwargs: dict) -> list[list[int]]:
     is_encoder_decoder = model.config.is_encoder_decoder
     lengths = [len(ids) for ids in encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     outputs: list[list[int]] = [[] for _ in prompts]
-    generation_kwargs.setdefault("do_sample", False)
-    generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     stop_ids = end_of_sequence_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = prompt_padding_side(is_encoder_decoder)
@@ -68,6 +118,36 @@ def generate_ids(
         tokenizer.padding_side = previous_side
         model.train(was_training)
     return outputs
+
+
+def generation_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                           **settings) -> str:
+    """What makes two generations the same: model, tokenizer, prompts, settings, libraries, machine, random state."""
+    tokenizer_identity = [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer),
+                          tokenizer.special_tokens_map, tokenizer.chat_template]
+    machine = {"device": str(model.device), "autocast": torch.is_autocast_enabled(model.device.type),
+               "threads": torch.get_num_threads(),
+               "cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+               "transformers": transformers.__version__, "peft": peft.__version__}
+    random_state = None
+    if settings.get("do_sample"):  # sampling draws from the global generator: its state is an input
+        random_state = hashlib.sha256(json.dumps(_random_state(model)).encode()).hexdigest()
+    identity = json.dumps([weights_fingerprint(model), has_soft_prompt(model), tokenizer_identity, random_state],
+                          default=str)
+    return fingerprint({**settings, **machine}, identity, prompts)
+
+
+def _random_state(model: torch.nn.Module) -> dict:
+    state = {"cpu": torch.get_rng_state().tolist()}
+    if model.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(model.device).tolist()
+    return state
+
+
+def _set_random_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+    if "cuda" in state:
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **options) -> list[str]:

@@ -28,6 +28,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from utils.adapters import has_soft_prompt
 from utils.families import auto_model_class
 from utils.plumbing.files import DATA_DIR, atomic_directory, cache_dir, require_cache_space
 from utils.plumbing.hub import HubRepo, hub_or_cache
@@ -339,3 +340,72 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def folder_size_bytes(folder: str | os.PathLike) -> int:
     """Bytes of every file under `folder` (what a saved model or adapter costs on disk)."""
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+# --- what a model computes, as a fingerprint -----------------------------------------------
+
+ADAPTER_SWITCHES = ("disable_adapters", "merged_adapters", "active_adapters", "scaling")  # a PEFT layer's state
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """16 hex digits that change when anything `model` computes with changes.
+
+    Its class and configuration, every parameter and buffer (name, dtype, shape and bytes; a
+    4-bit weight's quantization constants too) and the switches of its adapter layers (on or off,
+    merged, which adapter is active). A LoRA model under `disable_adapter()` computes exactly what
+    its base model computes, and gets the base model's fingerprint. Two models with the same
+    fingerprint give the same outputs for the same inputs, so what one computed can be reused for
+    the other (utils.generation.reuse_generations_in). Reads every weight once: about half a
+    second for 135M float32 weights.
+    """
+    base, adapter_parts = _base_when_adapters_are_off(model)
+    if base is not None:
+        model = base
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for configuration in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if configuration is not None:
+            digest.update(configuration.to_json_string(use_diff=False).encode())
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if base is not None:  # the switched-off adapters' weights compute nothing; the base layers keep their names
+            if any(part in adapter_parts for part in name.split(".")):
+                continue
+            name = name.replace(".base_layer.", ".")
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        _update_with_tensor(digest, tensor)
+        quant_state = getattr(tensor, "quant_state", None)
+        if quant_state is not None:
+            _update_with_quant_state(digest, quant_state)
+    if base is None:
+        for name, module in model.named_modules():
+            if hasattr(module, "adapter_layer_names"):  # a PEFT adapter layer
+                switches = [(switch, getattr(module, switch, None)) for switch in ADAPTER_SWITCHES]
+                digest.update(f"{name}:{switches}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _base_when_adapters_are_off(model: torch.nn.Module) -> tuple[torch.nn.Module | None, set[str]]:
+    """(the base model, the names of the adapters' submodules) when every adapter layer of a PEFT model is
+    switched off and none is merged; (None, empty) otherwise, soft prompts included (generation adds them)."""
+    if not hasattr(model, "get_base_model") or has_soft_prompt(model):
+        return None, set()
+    layers = [module for module in model.modules() if hasattr(module, "adapter_layer_names")]
+    if not layers or not all(layer.disable_adapters and not layer.merged_adapters for layer in layers):
+        return None, set()
+    parts = {name for layer in layers for name in (*layer.adapter_layer_names, *layer.other_param_names)}
+    return model.get_base_model(), parts
+
+
+def _update_with_tensor(digest, tensor: torch.Tensor) -> None:
+    digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+
+
+def _update_with_quant_state(digest, quant_state) -> None:
+    """bitsandbytes' QuantState: its tensors (scales, code book) and nested state, in a fixed order."""
+    for key, value in sorted(vars(quant_state).items()):
+        if isinstance(value, torch.Tensor):
+            digest.update(key.encode())
+            _update_with_tensor(digest, value)
+        elif hasattr(value, "absmax"):  # the nested QuantState of double quantization
+            _update_with_quant_state(digest, value)
+        else:
+            digest.update(f"{key}={value!r}".encode())
