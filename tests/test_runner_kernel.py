@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from utils.apps.runner import kernel_manager_config, run_notebook
+from utils.apps.runner import kernel_manager_config, machine_summary, run_notebook, slowest_cells
 from utils.profiles import get_profile
 
 TCP_WARNING = "without encryption"
@@ -33,3 +33,19 @@ def test_a_notebook_runs_in_this_environment_and_the_kernel_prints_no_tcp_warnin
     assert executed.cells[0].outputs[0].text.strip() == sys.prefix
     printed = capfd.readouterr()  # the kernel's own stderr too: it inherits this process's file descriptors
     assert TCP_WARNING not in printed.out + printed.err
+
+
+def test_the_runner_reports_which_cells_took_longest_and_on_what_machine(tmp_path, monkeypatch, isolated_runs):
+    path = tmp_path / "00_timed.ipynb"
+    cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("text"),
+             nbformat.v4.new_code_cell("import time\ntime.sleep(1.5)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+
+    ok, _, error = run_notebook(path, get_profile("tiny"), timeout_seconds=60)
+    slowest = slowest_cells(nbformat.read(isolated_runs / "tiny" / "notebooks" / path.name, as_version=4))
+
+    assert ok, error
+    assert [cell["cell"] for cell in slowest] == [2, 0]  # the sleeping cell first; markdown is not timed
+    assert slowest[0]["seconds"] >= 1.5 and slowest[0]["code"] == "import time"
+    assert "cores" in machine_summary() and "threads" in machine_summary()

@@ -141,8 +141,12 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
     status_path = folder / "status.json"
     if status_path.exists():
         status = json.loads(status_path.read_text(encoding="utf-8"))
-        lines += ["## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
-        lines += [f"| {name} | {s['status']} | {s.get('seconds', 0):.0f} |" for name, s in sorted(status.items())]
+        lines += ["## Notebooks", "", "| notebook | status | seconds | slowest cells (number: seconds) | machine |",
+                  "|---|---|---|---|---|"]
+        for name, entry in sorted(status.items()):
+            slowest = ", ".join(f"{c['cell']}: {c['seconds']:.0f}" for c in entry.get("slowest_cells", []))
+            lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', 0):.0f} | {slowest} | "
+                         f"{entry.get('machine', '')} |")
         lines.append("")
     if not records:
         lines.append("No results recorded yet.")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -15,6 +17,7 @@ from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 from traitlets.config import Config
 
+from utils.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
 from utils.plumbing.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
 from utils.profiles import Profile
 
@@ -41,6 +44,44 @@ def kernel_manager_config() -> Config:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+SPEED_FLAGS = ("avx2", "avx512f", *NATIVE_BF16_CPU_FLAGS)  # the CPU features that decide the course's speed
+
+
+def machine_summary() -> str:
+    """The processor, its cores and threads, and which of SPEED_FLAGS it has: what a notebook's time depends on."""
+    import torch
+
+    flags = cpu_flags()
+    has = ", ".join(flag for flag in SPEED_FLAGS if flag in flags) or "none of " + ", ".join(SPEED_FLAGS)
+    lacks = ", ".join(flag for flag in SPEED_FLAGS if flag not in flags)
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{_processor_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
+            f"{has}{' (no ' + lacks + ')' if lacks and flags else ''}{gpu}")
+
+
+def _processor_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def slowest_cells(notebook: nbformat.NotebookNode, count: int = 3) -> list[dict]:
+    """The `count` code cells that took longest (cell number, seconds, first line), from the kernel's timing."""
+    timed = []
+    for number, cell in enumerate(notebook.cells):
+        execution = cell.get("metadata", {}).get("execution", {})
+        started, ended = execution.get("iopub.execute_input"), execution.get("shell.execute_reply")
+        if cell.cell_type == "code" and started and ended:
+            seconds = (datetime.fromisoformat(ended.replace("Z", "+00:00"))
+                       - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+            first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
+            timed.append({"cell": number, "seconds": round(seconds, 1), "code": first_line[:80]})
+    return sorted(timed, key=lambda item: -item["seconds"])[:count]
 
 
 def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> tuple[bool, float, str]:
@@ -74,6 +115,12 @@ def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> t
     return not error, seconds, error
 
 
+def executed_notebook(profile: Profile, name: str) -> nbformat.NotebookNode | None:
+    """The executed copy `run_notebook` saved of notebook `name` (its file name), or None."""
+    path = runs_dir(profile.run_name) / "notebooks" / name
+    return nbformat.read(path, as_version=4) if path.exists() else None
+
+
 def run_course(profile: Profile, selected: list[str] | None = None, redo: bool = False) -> bool:
     """Run the notebooks not yet finished (all of them with `redo`); True when all succeeded."""
     status_path = runs_dir(profile.run_name) / "status.json"
@@ -86,7 +133,10 @@ def run_course(profile: Profile, selected: list[str] | None = None, redo: bool =
             continue
         print(f"{path.stem}: running in profile {profile.run_name}...", flush=True)
         ok, seconds, error = run_notebook(path, profile)
-        status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path)}
+        executed = executed_notebook(profile, path.name)
+        status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path),
+                             "machine": machine_summary(),
+                             "slowest_cells": slowest_cells(executed) if executed is not None else []}
         write_json_atomic(status_path, status)
         print(f"{path.stem}: {'done' if ok else 'FAILED: ' + error} in {seconds:.0f} s", flush=True)
         all_ok &= ok
