@@ -4,7 +4,8 @@
         [--decode-steps 16] [--variants static-cache bf16-weights]
 
 Greedy decoding must give the same summaries both ways; the script checks that, then
-prints both timings and the speed ratio. Then the milliseconds of one decode step at the
+prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
+against the batched reading of the prompts alone (what batching cannot share out). Then the milliseconds of one decode step at the
 batch size, against that step's floor on this machine (utils/apps/generation_speed.py: weights
 and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
 whichever is longer). `--variants` times what transformers offers besides the course's
@@ -22,7 +23,12 @@ import time
 
 import torch
 
-from utils.apps.generation_speed import decode_floor_milliseconds, decode_step_milliseconds, measure_machine_peaks
+from utils.apps.generation_speed import (
+    decode_floor_milliseconds,
+    decode_step_milliseconds,
+    measure_machine_peaks,
+    prompt_reading_seconds,
+)
 from utils.course import configure_threads
 from utils.data import load_profile_data, prompts_for
 from utils.generation import generate
@@ -62,6 +68,9 @@ def main() -> None:
         print(f"{name:>16}: {seconds:7.1f} s  ({len(prompts) / seconds:.2f} summaries/s)")
     first, second = timings.values()
     print(f"speed-up of batching: {first / second:.2f}x")
+    reading = prompt_reading_seconds(model, tokenizer, prompts, args.batch_size)
+    print(f"reading the prompts batched, one new token each: {reading:.1f} s, so batching can be at most "
+          f"{first / reading:.1f}x faster here, even if writing the summaries cost nothing")
     print(f"identical greedy outputs: {same}/{len(prompts)}")
     if same != len(prompts):
         for a, b in zip(single, batched):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from utils.generation import generate
+from utils import generation
+from utils.generation import generate, prefix_cache, shared_prefix_inputs
 from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 from utils.prompts import encode
@@ -95,3 +96,38 @@ def test_generation_of_no_prompts_is_an_empty_list(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
 
     assert generate(model, tokenizer, [], progress=False) == []
+
+
+# A long start that every prompt shares, as a chat template's system turn and an instruction are.
+SHARED_START = "Summarize the following conversation between the two people in one short sentence.\n\n"
+
+
+def test_shared_prefix_inputs_put_the_common_start_first_and_the_padding_after_it():
+    start = list(range(100, 120))  # 20 tokens every row begins with
+    rows = [start + [1, 2, 3], start + [4]]
+
+    input_ids, mask, prefix = shared_prefix_inputs(rows, pad_token_id=0)
+
+    assert prefix == 20
+    assert input_ids.tolist() == [start + [1, 2, 3], start + [0, 0, 4]]
+    assert mask.tolist() == [[1] * 23, [1] * 20 + [0, 0, 1]]
+    assert shared_prefix_inputs([start + [1]], pad_token_id=0) is None  # one prompt: nothing to share
+    assert shared_prefix_inputs([[1, 2, 3], [1, 2, 4]], pad_token_id=0) is None  # too short to pay
+
+
+def test_prompts_that_start_alike_read_their_start_once_and_write_what_each_writes_alone(
+        tiny_model_and_tokenizer, monkeypatch):
+    model, tokenizer = tiny_model_and_tokenizer
+    make_talkative(model)
+    prompts = [SHARED_START + prompt for prompt in PROMPTS]
+    read_once = []
+    monkeypatch.setattr(generation, "prefix_cache",
+                        lambda *args: read_once.append(args[2]) or prefix_cache(*args))
+
+    one_by_one = [generate(model, tokenizer, [p], batch_size=1, max_new_tokens=8, progress=False)[0] for p in prompts]
+    batched = generate(model, tokenizer, prompts, batch_size=3, max_new_tokens=8, progress=False)
+
+    assert batched == one_by_one
+    assert len(set(batched)) == len(prompts)  # the texts differ, so a mix-up would show
+    # decoder-only: one batch of three shared its start; an encoder reads its whole input at once
+    assert read_once == ([] if model.config.is_encoder_decoder else [3])

@@ -10,6 +10,7 @@ from utils.apps.generation_speed import (
     decode_floor_milliseconds,
     decode_step_milliseconds,
     measure_machine_peaks,
+    prompt_reading_seconds,
 )
 
 PEAKS = MachinePeaks(read_bytes_per_second=10e9, matmul_flops=100e9)
@@ -24,6 +25,20 @@ def test_a_decode_step_of_a_batch_takes_measurable_time(tiny_model_and_tokenizer
     assert milliseconds > 0
     with pytest.raises(ValueError, match="at least 2"):
         decode_step_milliseconds(model, tokenizer, ["Hello."], steps=1)
+
+
+def test_reading_the_prompts_is_timed_as_a_batched_generation_of_one_token(tiny_model_and_tokenizer, monkeypatch):
+    from utils.apps import generation_speed
+
+    model, tokenizer = tiny_model_and_tokenizer
+    calls = []
+    real = generation_speed.generate_ids
+    monkeypatch.setattr(generation_speed, "generate_ids", lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
+
+    seconds = prompt_reading_seconds(model, tokenizer, ["Hello there.", "How are you today?", "Fine."], batch_size=2)
+
+    assert seconds > 0
+    assert [(c["batch_size"], c["max_new_tokens"]) for c in calls] == [(2, 1)]
 
 
 def test_weights_in_bf16_halve_the_memory_floor_and_a_larger_batch_raises_only_the_arithmetic(

@@ -8,7 +8,8 @@ other module calls these functions with `is_encoder_decoder` and has no branch o
 - input text: a decoder-only instruct model reads its chat template, an encoder-decoder plain text;
 - training examples: separate encoder input and decoder labels, or one sequence whose prompt
   positions carry no labels;
-- generation: how prompts are padded, and where the answer starts in what `generate` returns;
+- generation: how prompts are padded, whether they can share their common start, and where the
+  answer starts in what `generate` returns;
 - scoring a given answer: the logits that predict each of its tokens (PPO, next-token plots);
 - feature extraction: which layers are the last ones before the output head.
 """
@@ -87,6 +88,18 @@ def answer_ids(
 def prompt_padding_side(is_encoder_decoder: bool) -> str:
     """Decoder-only prompts are padded on the left, so every prompt ends where generation starts."""
     return "right" if is_encoder_decoder else "left"
+
+
+def prompts_can_share_a_prefix(is_encoder_decoder: bool) -> bool:
+    """Whether prompts that start alike can share the work of their common start.
+
+    A decoder-only model reads left to right: the keys and values of a prompt's first tokens
+    depend on those tokens alone, so a start that every prompt of a batch shares (the chat
+    template's system turn, the instruction, few-shot examples) is computed once and serves the
+    whole batch. An encoder reads its whole input at once, every position seeing every other:
+    nothing of it can be shared.
+    """
+    return not is_encoder_decoder
 
 
 def training_padding_side(is_encoder_decoder: bool, soft_prompt: bool) -> str:

@@ -25,13 +25,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import families
 from utils.adapters import has_soft_prompt
-from utils.families import generated_answer, prompt_padding_side
+from utils.families import generated_answer, prompt_padding_side, prompts_can_share_a_prefix
 from utils.models import weights_fingerprint
 from utils.plumbing.reuse import keep_for_reuse, reused
 from utils.plumbing.run_state import fingerprint
 from utils.prompts import encode
 
 _reuse_folder: Path | None = None  # where generations are kept for reuse; None: always generate
+# Part of every reuse fingerprint: bump it when a change here can change what is generated.
+GENERATION_CODE_VERSION = 1
+# A common start shorter than this is not worth its own forward pass (a chat template's system turn is longer).
+MIN_SHARED_PREFIX_TOKENS = 16
 
 
 def reuse_generations_in(folder: Path | None) -> None:
@@ -54,7 +58,9 @@ def generate_ids(
     """The new token ids of one continuation per prompt, in the prompts' order, up to (without) the end token.
 
     Prompts are sorted by length so each batch pads little; decoder-only models are padded
-    on the left so every prompt ends right where generation starts. Greedy unless
+    on the left so every prompt ends right where generation starts, and the start that all
+    prompts of a batch share (the chat template and instruction, few-shot examples) is read once
+    for the batch (`shared_prefix_inputs`), with the same greedy output. Greedy unless
     `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
     prompt tuning) gets it prepended as embeddings, see `soft_prompt_inputs`.
     """
@@ -86,8 +92,10 @@ def generate_ids(
 def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool,
                   description: str, generation_kwargs: dict) -> list[list[int]]:
     is_encoder_decoder = model.config.is_encoder_decoder
-    lengths = [len(ids) for ids in encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    token_ids = encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
+    share = (prompts_can_share_a_prefix(is_encoder_decoder) and not has_soft_prompt(model)
+             and not {"past_key_values", "cache_implementation"} & set(generation_kwargs))
     outputs: list[list[int]] = [[] for _ in prompts]
     stop_ids = end_of_sequence_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
@@ -97,11 +105,19 @@ def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new
     try:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc=description, disable=not progress):
+            shared = shared_prefix_inputs([token_ids[i] for i in batch], tokenizer.pad_token_id) if share else None
             encoded = encode(
                 tokenizer, [prompts[i] for i in batch], is_encoder_decoder, return_tensors="pt", padding=True
             ).to(model.device)
             with torch.no_grad():
-                if has_soft_prompt(model):
+                if shared is not None:
+                    input_ids, attention_mask, prefix_length = shared
+                    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+                    cache = prefix_cache(model, input_ids[:1, :prefix_length], len(batch))
+                    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                               max_new_tokens=max_new_tokens, **generation_kwargs)
+                    prompt_length = input_ids.shape[1]
+                elif has_soft_prompt(model):
                     # The prompt goes in as embeddings: no prompt tokens come back.
                     generated = model.get_base_model().generate(
                         **soft_prompt_inputs(model, encoded["input_ids"], encoded["attention_mask"]),
@@ -120,12 +136,45 @@ def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new
     return outputs
 
 
+def shared_prefix_inputs(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """(input_ids, attention_mask, prefix length) for prompts whose common start is read once, or None.
+
+    Each row is the common prefix, then padding, then the rest of its prompt: the prompts still
+    end together where generation starts, the padding in the middle is masked, and positions
+    count real tokens only (transformers derives them from the mask). None when the batch has one
+    prompt or its common start is shorter than MIN_SHARED_PREFIX_TOKENS.
+    """
+    if len(rows) < 2:
+        return None
+    shortest = min(len(row) for row in rows)
+    prefix = 0
+    while prefix < shortest - 1 and all(row[prefix] == rows[0][prefix] for row in rows):
+        prefix += 1  # at least one token of each prompt stays after the prefix: it is read with the batch
+    if prefix < MIN_SHARED_PREFIX_TOKENS:
+        return None
+    rests = [row[prefix:] for row in rows]
+    width = max(len(rest) for rest in rests)
+    input_ids = [rows[0][:prefix] + [pad_token_id] * (width - len(rest)) + rest for rest in rests]
+    mask = [[1] * prefix + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+    return torch.tensor(input_ids), torch.tensor(mask), prefix
+
+
+def prefix_cache(model: PreTrainedModel, prefix_ids: torch.Tensor, batch_size: int):
+    """The key/value cache of one prefix (a 1 x length tensor), read once and repeated for `batch_size` prompts."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+
 def generation_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                            **settings) -> str:
     """What makes two generations the same: model, tokenizer, prompts, settings, libraries, machine, random state."""
     tokenizer_identity = [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer),
                           tokenizer.special_tokens_map, tokenizer.chat_template]
-    machine = {"device": str(model.device), "autocast": torch.is_autocast_enabled(model.device.type),
+    machine = {"code": GENERATION_CODE_VERSION, "device": str(model.device), "autocast": torch.is_autocast_enabled(model.device.type),
                "threads": torch.get_num_threads(),
                "cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                "transformers": transformers.__version__, "peft": peft.__version__}

@@ -80,3 +80,12 @@ def decode_step_milliseconds(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     seconds(2)  # warm-up: allocations and kernel choices
     decoding = min(seconds(steps) for _ in range(repeats)) - min(seconds(1) for _ in range(repeats))
     return 1e3 * decoding / (steps - 1)
+
+
+def prompt_reading_seconds(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                           batch_size: int) -> float:
+    """Seconds to read `prompts` (in batches of `batch_size`) and write one token each: the part of
+    generation that batching cannot share out, since it is arithmetic that grows with the prompts' tokens."""
+    started = time.perf_counter()
+    generate_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=1, progress=False)
+    return time.perf_counter() - started
