@@ -1,16 +1,17 @@
 """Batched generation vs one example at a time (as the original labs did), same inputs, same model.
 
-    .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8]
-        [--decode-steps 16] [--variants static-cache bf16-weights]
+    .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8] [--shots 0]
+        [--decode-steps 16] [--variants whole-prompts static-cache bf16-weights]
 
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
 against the batched reading of the prompts alone (what batching cannot share out). Then the milliseconds of one decode step at the
 batch size, against that step's floor on this machine (utils/apps/generation_speed.py: weights
 and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
-whichever is longer). `--variants` times what transformers offers besides the course's
-setting (a static key/value cache; the weights in bf16) on the same batched run, and counts
-how many summaries stay identical to the course's.
+whichever is longer). `--variants` times other ways on the same batched run (every prompt read
+whole, without sharing the batch's common start; what transformers offers: a static key/value
+cache, the weights in bf16), and counts how many summaries stay identical to the course's.
+`--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from utils.apps.generation_speed import (
     prompt_reading_seconds,
 )
 from utils.course import configure_threads
-from utils.data import load_profile_data, prompts_for
+from utils.data import fit_prompt, load_profile_data, prompts_for
 from utils.generation import generate
-from utils.models import load_model_and_tokenizer
+from utils.models import context_window, load_model_and_tokenizer
 from utils.profiles import get_profile
 
 
@@ -44,13 +45,22 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--decode-steps", type=int, default=16, help="new tokens of the decode timing (at least 2)")
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    parser.add_argument("--shots", type=int, default=0,
+                        help="worked examples before each dialogue, as notebook 01 builds few-shot prompts")
     args = parser.parse_args()
 
     threads = configure_threads()
     profile = get_profile(args.profile)
     model, tokenizer = load_model_and_tokenizer(profile)
     test = load_profile_data(profile)["test"]
-    prompts = prompts_for(list(test["dialogue"])[: args.examples], tokenizer, profile)
+    dialogues = list(test["dialogue"])[: args.examples]
+    if args.shots:  # notebook 01's few-shot prompts: the shortest training dialogues as worked examples
+        train = sorted(load_profile_data(profile)["train"], key=lambda row: len(row["dialogue"]))
+        examples = [(row["dialogue"], row["summary"]) for row in train[: args.shots]]
+        window = context_window(model, tokenizer)
+        prompts = [fit_prompt(tokenizer, profile, d, examples=examples, max_tokens=window) for d in dialogues]
+    else:
+        prompts = prompts_for(dialogues, tokenizer, profile)
     max_new_tokens = args.max_new_tokens or profile.max_new_tokens
 
     timings, outputs = {}, {}
@@ -107,6 +117,7 @@ def bf16_weights(model):
 
 
 VARIANTS = {
+    "whole-prompts": lambda model: (model, {"share_prompt_start": False}),  # each prompt's shared start read again
     "static-cache": lambda model: (model, {"cache_implementation": "static"}),
     "bf16-weights": bf16_weights,
 }

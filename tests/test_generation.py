@@ -126,8 +126,10 @@ def test_prompts_that_start_alike_read_their_start_once_and_write_what_each_writ
 
     one_by_one = [generate(model, tokenizer, [p], batch_size=1, max_new_tokens=8, progress=False)[0] for p in prompts]
     batched = generate(model, tokenizer, prompts, batch_size=3, max_new_tokens=8, progress=False)
+    read_whole = generate(model, tokenizer, prompts, batch_size=3, max_new_tokens=8, progress=False,
+                          share_prompt_start=False)
 
-    assert batched == one_by_one
+    assert batched == one_by_one == read_whole
     assert len(set(batched)) == len(prompts)  # the texts differ, so a mix-up would show
     # decoder-only: one batch of three shared its start; an encoder reads its whole input at once
     assert read_once == ([] if model.config.is_encoder_decoder else [3])

@@ -53,6 +53,7 @@ def generate_ids(
     max_new_tokens: int = 60,
     progress: bool = True,
     description: str = "Generating",
+    share_prompt_start: bool = True,
     **generation_kwargs,
 ) -> list[list[int]]:
     """The new token ids of one continuation per prompt, in the prompts' order, up to (without) the end token.
@@ -60,7 +61,8 @@ def generate_ids(
     Prompts are sorted by length so each batch pads little; decoder-only models are padded
     on the left so every prompt ends right where generation starts, and the start that all
     prompts of a batch share (the chat template and instruction, few-shot examples) is read once
-    for the batch (`shared_prefix_inputs`), with the same greedy output. Greedy unless
+    for the batch (`shared_prefix_inputs`; `share_prompt_start=False` reads every prompt whole),
+    with the same greedy output. Greedy unless
     `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
     prompt tuning) gets it prepended as embeddings, see `soft_prompt_inputs`.
     """
@@ -70,9 +72,9 @@ def generate_ids(
     generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     if _reuse_folder is None:
         return _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
-                             generation_kwargs)
+                             share_prompt_start, generation_kwargs)
     key = generation_fingerprint(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 **generation_kwargs)
+                                 share_prompt_start=share_prompt_start, **generation_kwargs)
     record = reused(_reuse_folder, key)
     if record is not None:
         if progress:
@@ -81,7 +83,7 @@ def generate_ids(
             _set_random_state(record["random_state_after"])
         return record["token_ids"]
     outputs = _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
-                            generation_kwargs)
+                            share_prompt_start, generation_kwargs)
     keep_for_reuse(_reuse_folder, key, {
         "description": description, "prompts": len(prompts), "token_ids": outputs,
         "random_state_after": _random_state(model) if generation_kwargs["do_sample"] else None,
@@ -90,11 +92,11 @@ def generate_ids(
 
 
 def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool,
-                  description: str, generation_kwargs: dict) -> list[list[int]]:
+                  description: str, share_prompt_start: bool, generation_kwargs: dict) -> list[list[int]]:
     is_encoder_decoder = model.config.is_encoder_decoder
     token_ids = encode(tokenizer, prompts, is_encoder_decoder)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
-    share = (prompts_can_share_a_prefix(is_encoder_decoder) and not has_soft_prompt(model)
+    share = (share_prompt_start and prompts_can_share_a_prefix(is_encoder_decoder) and not has_soft_prompt(model)
              and not {"past_key_values", "cache_implementation"} & set(generation_kwargs))
     outputs: list[list[int]] = [[] for _ in prompts]
     stop_ids = end_of_sequence_ids(model, tokenizer)
