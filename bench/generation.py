@@ -1,7 +1,7 @@
 """Batched generation vs one example at a time (as the original labs did), same inputs, same model.
 
     .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8] [--shots 0]
-        [--decode-steps 16] [--variants whole-prompts static-cache bf16-weights]
+        [--decode-steps 16] [--variants whole-prompts static-cache compiled bf16-weights]
 
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
@@ -10,7 +10,7 @@ batch size, against that step's floor on this machine (utils/apps/generation_spe
 and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
 whichever is longer). `--variants` times other ways on the same batched run (every prompt read
 whole, without sharing the batch's common start; what transformers offers: a static key/value
-cache, the weights in bf16), and counts how many summaries stay identical to the course's.
+cache, compiled decoding, the weights in bf16), and counts how many summaries stay identical to the course's.
 `--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
 
@@ -116,10 +116,20 @@ def bf16_weights(model):
     return copy.deepcopy(model).to(torch.bfloat16), {}
 
 
+def compiled_decoding(model):
+    """Transformers' compiled decoding: a static key/value cache and the forward pass compiled with
+    torch.compile (generate does it by itself on GPUs; on a CPU only when asked). The first batched
+    run pays the compilation, as a notebook would."""
+    from transformers import CompileConfig
+
+    return model, {"cache_implementation": "static", "compile_config": CompileConfig(_compile_all_devices=True)}
+
+
 VARIANTS = {
     "whole-prompts": lambda model: (model, {"share_prompt_start": False}),  # each prompt's shared start read again
     "static-cache": lambda model: (model, {"cache_implementation": "static"}),
     "bf16-weights": bf16_weights,
+    "compiled": compiled_decoding,
 }
 
 
