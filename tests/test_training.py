@@ -59,6 +59,23 @@ def test_training_lowers_perplexity_on_its_data_and_records_losses(tiny_profile,
     assert "s in training steps" in run.summary()
 
 
+def test_a_training_without_a_validation_set_measures_no_loss_curve_and_trains_the_same_weights(tiny_profile):
+    from utils.adapters import add_lora
+
+    trained = {}
+    for name, with_validation in (("validated", True), ("unvalidated", False)):
+        model, tokenizer = load_model_and_tokenizer(tiny_profile)
+        model = add_lora(model, rank=4)  # LoRA's dropout draws random numbers: evaluating must not shift them
+        train_set, eval_set = small_data(tiny_profile, tokenizer)
+        run = train(model, tokenizer, tiny_profile, name, train_set, eval_set if with_validation else None,
+                    learning_rate=HIGH_LEARNING_RATE)
+        trained[name] = (weights(model), run)
+
+    (validated, validated_run), (unvalidated, unvalidated_run) = trained["validated"], trained["unvalidated"]
+    assert validated_run.losses()[1] and not unvalidated_run.losses()[1]
+    assert same_weights(validated, unvalidated)
+
+
 def test_training_again_with_the_same_arguments_reuses_the_finished_run(tiny_profile):
     first_model, first_run = fresh_training(tiny_profile)
 

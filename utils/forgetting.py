@@ -132,7 +132,9 @@ def train_for_forgetting(
     multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at `lora_learning_rate`
     (default: `forgetting_lora_learning_rate`). Multitask adds second-task examples to make up
     `share` of the data and trains for as many optimizer steps as full. Settings equal to the main
-    runs' (notebooks 02 and 03) reuse them.
+    runs' (notebooks 02 and 03) reuse them; the others measure no validation loss during training
+    (the notebooks compare short answers and test perplexity, not loss curves), so `validation`
+    only serves the main runs.
     """
     if method not in FORGETTING_METHODS:
         raise ValueError(f"method must be one of {FORGETTING_METHODS}, not {method!r}")
@@ -143,13 +145,15 @@ def train_for_forgetting(
     if method == "lora":
         rank, rate = profile.lora_rank, lora_learning_rate or profile.forgetting_lora_learning_rate
         name = f"forgetting-lora-r{rank}-e{epochs:g}" + ("" if rate == profile.peft_learning_rate else f"-lr{rate:g}")
-        if (epochs, rate) == (profile.epochs, profile.peft_learning_rate):
+        main_run = (epochs, rate) == (profile.epochs, profile.peft_learning_rate)
+        if main_run:
             name = f"lora-r{rank}"  # notebook 03's main adapter
-        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation, rate, epochs=epochs)
+        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation if main_run else None,
+                     rate, epochs=epochs)
     if method == "multitask":
         mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share)
-        return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, validation,
+        return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, None,
                      learning_rate, epochs=epochs * len(summaries) / len(mixed))
     main_run = (epochs, learning_rate) == (profile.epochs, profile.full_learning_rate)
     return train(model, tokenizer, profile, "full" if main_run else f"forgetting-full-{settings}", summaries,
-                 validation, learning_rate, epochs=epochs)
+                 validation if main_run else None, learning_rate, epochs=epochs)

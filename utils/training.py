@@ -140,11 +140,13 @@ def per_process_batch(batch_size: int, processes: int) -> int:
 
 
 def training_arguments(
-    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None, **overrides
+    profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int | None = None,
+    evaluate: bool = True, **overrides
 ) -> TrainingArguments:
-    """TrainingArguments from the profile (`batch_size` replaces its batch): four evaluations and checkpoints per run."""
+    """TrainingArguments from the profile (`batch_size` replaces its batch): four evaluations (unless
+    `evaluate` is False) and four checkpoints per run."""
     settings = trainer_settings(profile, output_dir, learning_rate, steps, batch_size or profile.batch_size,
-                                profile.eval_batch_size)
+                                profile.eval_batch_size, evaluate)
     settings["train_sampling_strategy"] = "group_by_length"  # similar lengths per batch: less padding, faster steps
     settings["label_names"] = ["labels"]  # so evaluation goes through AnswerLossTrainer.compute_loss, PEFT models too
     settings["prediction_loss_only"] = True  # evaluation needs the loss, not every position's logits kept in memory
@@ -198,7 +200,7 @@ def train(
     profile: Profile,
     name: str,
     train_dataset: Dataset,
-    eval_dataset: Dataset,
+    eval_dataset: Dataset | None,
     learning_rate: float,
     epochs: float | None = None,
     **argument_overrides,
@@ -206,14 +208,17 @@ def train(
     """Fine-tune `model` (full, or with a PEFT adapter attached) and measure the run.
 
     `name` names the checkpoint folder (runs/<profile>/checkpoints/<name>). The model is
-    trained in place; the same object is returned in the TrainingRun.
+    trained in place; the same object is returned in the TrainingRun. The validation loss on
+    `eval_dataset` is measured four times during the run; `eval_dataset=None` measures none, for
+    runs whose loss curve nobody reads (each measurement is a forward pass over the whole set).
     """
     keep_fp32_master_weights(model)
     output_dir = runs_dir(profile.run_name) / "checkpoints" / name
     batch_size, steps = batch_and_steps(profile, len(train_dataset), epochs)
     processes = PartialState()  # one, or several under `accelerate launch` (then the Trainer runs DDP)
     arguments = training_arguments(profile, output_dir, learning_rate, steps,
-                                   per_process_batch(batch_size, processes.num_processes), **argument_overrides)
+                                   per_process_batch(batch_size, processes.num_processes),
+                                   evaluate=eval_dataset is not None, **argument_overrides)
     run = RunFolder(output_dir, training_fingerprint(arguments, train_dataset, f"{name}:{model_identity(model)}"))
     with processes.main_process_first():  # one process tidies the folder; the others then find it ready
         if processes.is_main_process:
