@@ -161,6 +161,12 @@ class AnswerLossTrainer(Trainer):
         loss = answer_loss(model, inputs)
         return (loss, {}) if return_outputs else loss
 
+    def evaluate(self, *args, **kwargs):
+        """Validate without moving the random numbers: training with a validation set or without one draws the
+        same dropout masks and shuffles the same way (the evaluation loader would otherwise draw a seed)."""
+        with torch.random.fork_rng():
+            return super().evaluate(*args, **kwargs)
+
 
 def training_fingerprint(arguments: TrainingArguments, train_dataset: Dataset, identity: str) -> str:
     """What makes two trainings the same: every training argument but where it writes, the model, the data."""
