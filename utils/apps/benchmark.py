@@ -22,7 +22,7 @@ from utils.models import count_parameters, load_model, load_tokenizer, resolve_d
 from utils.plumbing.measure import PeakMemory
 from utils.profiles import Profile
 from utils.prompts import SOFT_PROMPT_INIT_TEXT
-from utils.training import keep_fp32_master_weights
+from utils.training import TRAINER_OPTIMIZER, keep_fp32_master_weights
 
 TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 
@@ -93,8 +93,8 @@ def measure_training_steps(
     """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
 
     The course's step is the notebooks' (utils.families.answer_loss on the family's padding, under
-    the profile's mixed precision, utils.models.training_precision); `plain=True` times a plain
-    PyTorch step instead: right padding, the model's own loss from logits at every position, fp32. Returns tokens per second (real tokens of the batch,
+    the profile's mixed precision, utils.models.training_precision, with the Trainer's fused AdamW); `plain=True` times a plain
+    PyTorch step instead: right padding, the model's own loss from logits at every position, fp32, torch's default AdamW. Returns tokens per second (real tokens of the batch,
     padding excluded), peak memory over loading and training (process RSS on CPU, CUDA peak
     allocated on GPU), weight memory and trainable parameters.
     """
@@ -111,7 +111,10 @@ def measure_training_steps(
         batch = collate([features[i] for i in range(len(features))])
         batch = {key: value.to(device) for key, value in batch.items()}
         trainable, total = count_parameters(model)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+        # The course's step updates with the Trainer's fused AdamW (utils.training.TRAINER_OPTIMIZER); the plain
+        # loop with torch's default, one kernel per operation over the list of weights.
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                                      fused=not plain and TRAINER_OPTIMIZER == "adamw_torch_fused")
         if plain:
             seconds, loss = timed_steps(model, batch, optimizer, steps, device)
         else:
