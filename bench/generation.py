@@ -122,7 +122,9 @@ def compiled_decoding(model):
     run pays the compilation, as a notebook would."""
     from transformers import CompileConfig
 
-    return model, {"cache_implementation": "static", "compile_config": CompileConfig(_compile_all_devices=True)}
+    config = CompileConfig()
+    config._compile_all_devices = True  # a class attribute, not an argument: generate's switch for CPUs
+    return model, {"cache_implementation": "static", "compile_config": config}
 
 
 VARIANTS = {
