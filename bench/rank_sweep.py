@@ -7,7 +7,7 @@ Trains a fresh LoRA adapter of each rank on the first `sweep_train_examples` sum
 `peft_learning_rate` and scores it on the first `sweep_test_examples` test rows, as section 6 of
 notebook 03 does. --optimizer swaps the Trainer's AdamW (utils.training.TRAINER_OPTIMIZER) and
 --validate measures a validation loss during training, as the notebook did before 2026-12-05: the
-two things that changed around the sweep's figures (docs/RESULTS.md, "Notebook 03 in fp32 after
+two things that changed around the sweep's figures (docs/RESULTS.md, "Notebooks 02 to 05 in fp32 after
 validation stopped drawing random numbers"). Checkpoints are named for the settings
 (`bench-sweep-r64`, `bench-sweep-r64-adamw_torch-validated`, ...), apart from the notebook's. Prints a markdown table of ROUGE.
 """
