@@ -7,9 +7,10 @@ Trains a fresh LoRA adapter of each rank on the first `sweep_train_examples` sum
 `peft_learning_rate` and scores it on the first `sweep_test_examples` test rows, as section 6 of
 notebook 03 does. --optimizer swaps the Trainer's AdamW (utils.training.TRAINER_OPTIMIZER) and
 --validate measures a validation loss during training, as the notebook did before 2026-12-05: the
-two things that changed around the sweep's figures (docs/RESULTS.md, "Notebooks 02 to 05 in fp32 after
-validation stopped drawing random numbers"). Checkpoints are named for the settings
-(`bench-sweep-r64`, `bench-sweep-r64-adamw_torch-validated`, ...), apart from the notebook's. Prints a markdown table of ROUGE.
+two things that changed around the sweep's figures (docs/RESULTS.md, "Notebooks 02 to 05 in fp32
+after validation stopped drawing random numbers"). Checkpoints are named for the settings
+(`bench-sweep-r64`, `bench-sweep-r64-adamw_torch-validated`, ...), apart from the notebook's.
+Prints a markdown table of ROUGE.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def main() -> None:
     for rank in args.ranks or profile.sweep_ranks:
         candidate, _ = load_model_and_tokenizer(profile)
         candidate = add_lora(candidate, rank=rank)
-        name = f"bench-sweep-r{rank}" + (f"-{args.optimizer}" if args.optimizer else "") + ("-validated" if args.validate else "")
+        name = f"bench-sweep-r{rank}" + (f"-{args.optimizer}" if args.optimizer else "")
+        name += "-validated" if args.validate else ""
         result = training.train(candidate, tokenizer, profile, name, sweep_train, validation, profile.peft_learning_rate)
         _, scores = evaluate(candidate, tokenizer, profile, sweep_test, description=f"rank {rank}")
         rows[rank] = {"rouge1": scores["rouge1"], "rougeL": scores["rougeL"], "train s": f"{result.train_seconds:.0f}"}
