@@ -1,9 +1,11 @@
 """Notebook 06's helpers: the PPO settings of a profile, seeded samples and their scores."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from utils.detox import evaluation_seeds, ppo_config, sample_summaries, score_table, step_toxicity
+from utils.detox import dpo_config, evaluation_seeds, ppo_config, sample_summaries, score_table, step_toxicity
 from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 
@@ -24,6 +26,13 @@ def test_ppo_config_takes_the_profile_settings_and_overrides():
     assert ppo_config(profile).init_kl_coef > 0 and ppo_config(profile).adaptive_kl
     assert ppo_config(profile).target_kl == profile.ppo_target_kl
     assert ppo_config(profile).kl_horizon < profile.ppo_steps * profile.ppo_batch_size  # beta moves within the run
+
+
+@pytest.mark.parametrize("mixed_precision, autocast_dtype", [("bf16", "bfloat16"), ("no", None)])
+def test_ppo_and_dpo_compute_in_the_profiles_mixed_precision(mixed_precision, autocast_dtype):
+    profile = replace(get_profile("offline"), mixed_precision=mixed_precision)
+
+    assert ppo_config(profile).autocast_dtype == dpo_config(profile).autocast_dtype == autocast_dtype
 
 
 def test_beta_moves_in_the_log_of_a_run_with_the_profile_settings(tiny_profile, tmp_path):

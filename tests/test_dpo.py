@@ -161,3 +161,16 @@ def test_a_longer_dpo_rerun_resumes_and_matches_a_run_never_interrupted(tiny_pro
 def test_pairs_without_one_chosen_and_one_rejected_response_per_prompt_are_refused():
     with pytest.raises(ValueError, match="one chosen and one rejected"):
         PreferencePairs(["a", "b"], ["x"], ["y", "z"])
+
+
+def test_under_bf16_autocast_dpo_still_starts_at_its_reference_and_raises_the_margin(tiny_profile, tmp_path):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    model = add_lora(model, rank=4)
+    config = DPOConfig(steps=4, batch_size=4, learning_rate=1e-2, max_response_tokens=24, checkpoint_every=4,
+                       autocast_dtype="bfloat16")
+
+    result = train_dpo(model, tokenizer, detox_pairs(), config, tmp_path / "dpo")
+
+    assert result.history[0]["margin"] == 0.0  # a zero adapter adds exactly nothing, in bf16 too
+    assert result.history[-1]["margin"] > 0.0
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}

@@ -17,6 +17,7 @@ from utils.ppo import (
     response_mask_until_eos,
     run_scaled_kl_horizon,
     sample_responses,
+    score_rollout,
     settings_with_reasons,
     train_ppo,
 )
@@ -330,6 +331,22 @@ def test_reference_is_the_base_model_and_equals_the_policy_until_it_trains(tiny_
 
     assert (policy_logprobs() - policy.reference_logprobs(*rollout.tensors())).abs().max() > 1e-3
     torch.testing.assert_close(policy.reference_logprobs(*rollout.tensors()), base_logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_under_bf16_autocast_the_logprobs_move_by_rounding_only_and_the_weights_stay_float32(tiny_profile, tmp_path):
+    policy, tokenizer = make_policy(tiny_profile)
+    rollout = sample_responses(policy, tokenizer, PROMPTS[:4], SMALL)
+    bf16 = replace(SMALL, autocast_dtype="bfloat16")
+
+    fp32_terms, bf16_terms = score_rollout(policy, rollout, SMALL), score_rollout(policy, rollout, bf16)
+
+    assert [t.dtype for t in bf16_terms] == [torch.float32] * 3  # log-probabilities and values come back float32
+    for exact, rounded in zip(fp32_terms[:2], bf16_terms[:2]):  # the policy's and the reference's log-probabilities
+        assert not torch.equal(exact, rounded)  # autocast did compute in bf16
+        torch.testing.assert_close(rounded, exact, atol=0.05, rtol=0.01)
+    result = train_ppo(policy, tokenizer, TokenShareReward("e").reward, PROMPTS, bf16, tmp_path / "run")
+    assert all(math.isfinite(record["policy_loss"]) for record in result.history)
+    assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
   otherwise trained), with the adapter merged into the weights: a plain model again, ready
   for a fresh PPO adapter whose "switched off" state is exactly this summarizer.
 - `ppo_config(profile)`: the profile's PPO settings as a `PPOConfig`; `dpo_config(profile)` those of DPO.
+  Both compute under the profile's mixed precision, as its Trainer runs do.
 - `detox_preferences(rows, tokenizer, profile)`: the dialogues as DPO pairs, the neutral summary
   chosen and the careless one rejected.
 - `sample_summaries(...)`: several sampled summaries per prompt, one per seed, with the PPO
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.dpo import DPOConfig, PreferencePairs
 from utils.generation import generate
+from utils.models import autocast_dtype_name
 from utils.ppo import PPOConfig, run_scaled_kl_horizon
 from utils.profiles import Profile
 from utils.training import TrainingRun
@@ -60,6 +62,7 @@ def ppo_config(profile: Profile, **overrides) -> PPOConfig:
         target_kl=profile.ppo_target_kl,
         kl_horizon=run_scaled_kl_horizon(profile.ppo_steps, profile.ppo_batch_size),
         checkpoint_every=max(1, min(5, profile.ppo_steps)),
+        autocast_dtype=autocast_dtype_name(profile),
         seed=profile.seed,
     )
     return replace(config, **overrides) if overrides else config
@@ -74,6 +77,7 @@ def dpo_config(profile: Profile, **overrides) -> DPOConfig:
         beta=profile.dpo_beta,
         max_response_tokens=profile.max_target_tokens,
         checkpoint_every=max(1, min(5, profile.dpo_steps)),
+        autocast_dtype=autocast_dtype_name(profile),
         seed=profile.seed,
     )
     return replace(config, **overrides) if overrides else config

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from utils.families import answer_ids, answer_logits_and_hidden, prompt_padding_side
+from utils.models import autocast
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
@@ -89,6 +90,9 @@ class DPOConfig:
     beta: float = why(0.1, "strength of the pull towards the reference: the implicit KL penalty (the DPO paper's 0.1)")
     max_grad_norm: float = why(1.0, "clips each update's gradient norm, so one batch cannot wreck the policy")
     max_response_tokens: int = why(64, "longest response read; longer ones are cut")
+    autocast_dtype: str | None = why(None, "None: float32 throughout. \"bfloat16\": the log-probability passes "
+                                     "under bf16 autocast, where the hardware computes it (the profile's mixed "
+                                     "precision); the weights stay float32")
     checkpoint_every: int = why(10, "steps between checkpoints; an interrupted run resumes from the last")
     seed: int = why(42, "of the order of the pairs, so a rerun reads the same batches")
 
@@ -146,9 +150,10 @@ def dpo_step(model: PeftModel, tokenizer: PreTrainedTokenizerBase, optimizer: to
     start = model.config.decoder_start_token_id if is_encoder_decoder else None
     tensors = [t.to(model.device) for t in pair_tensors(tokenizer, pairs, rows, is_encoder_decoder,
                                                          config.max_response_tokens)]
-    with torch.no_grad(), model.disable_adapter():
-        ref_logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
-    logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    with autocast(model.device, config.autocast_dtype):
+        with torch.no_grad(), model.disable_adapter():
+            ref_logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+        logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
     loss, chosen_rewards, rejected_rewards = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=config.beta)
     optimizer.zero_grad()
     loss.backward()

@@ -9,6 +9,7 @@ Three kinds of source, all ending as a plain Hugging Face folder or Hub id:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -133,6 +134,22 @@ def training_precision(profile: Profile) -> tuple[torch.dtype | None, str]:
             return torch.bfloat16, f"bf16 autocast: this CPU computes bf16 natively ({', '.join(native)})"
         return None, "float32: this CPU has no native bf16 (no avx512_bf16 or amx_bf16), where it would be emulated"
     return None, f"float32 on {device.type}"
+
+
+def autocast_dtype_name(profile: Profile) -> str | None:
+    """"bfloat16" where training_precision picks bf16 autocast, else None: the form the PPO and DPO settings hold."""
+    dtype = training_precision(profile)[0]
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def autocast(device: torch.device, dtype_name: str | None) -> contextlib.AbstractContextManager:
+    """Forward passes under autocast to `dtype_name` ("bfloat16") on `device`; float32 (no autocast) for None.
+
+    For loops the Trainer does not run (PPO, DPO): the same mixed precision as its `bf16=True`.
+    """
+    if dtype_name is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype_name))
 
 
 def describe_model(profile: Profile) -> str:

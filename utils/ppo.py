@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
+from utils.models import autocast
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
@@ -109,6 +110,17 @@ class PolicyWithValueHead(nn.Module):
         return logits, self.value_head(hidden) * response_mask
 
     @torch.no_grad()
+    def reference_logits(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """pi_ref's logits for each response position: the same network with its LoRA adapter disabled."""
+        with self.model.disable_adapter():
+            logits, _ = answer_logits_and_hidden(
+                self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
+                self.decoder_start_token_id,
+            )
+        return logits
+
     def reference_logprobs(
         self,
         query_ids: torch.Tensor,
@@ -117,13 +129,9 @@ class PolicyWithValueHead(nn.Module):
         response_mask: torch.Tensor,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """log pi_ref of each response token: the same network with its LoRA adapter disabled."""
-        with self.model.disable_adapter():
-            logits, _ = answer_logits_and_hidden(
-                self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
-                self.decoder_start_token_id,
-            )
-        return logprobs_from_logits(logits / temperature, response_ids, response_mask)
+        """log pi_ref of each response token."""
+        logits = self.reference_logits(query_ids, query_mask, response_ids, response_mask)
+        return logprobs_from_logits(logits.float() / temperature, response_ids, response_mask)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The LoRA matrices and the value head: everything the optimizer updates."""
@@ -172,6 +180,9 @@ class PPOConfig:
     top_k: int = why(0, "off: PPO's ratios assume the plain distribution of the policy")
     top_p: float = why(1.0, "off, for the same reason")
     temperature: float = why(1.0, "of sampling, and of the log-probabilities, so both are of one distribution")
+    autocast_dtype: str | None = why(None, "None: float32 throughout. \"bfloat16\": the log-probability passes and "
+                                     "updates under bf16 autocast, where the hardware computes it (the profile's "
+                                     "mixed precision); the weights stay float32, sampling stays float32")
     checkpoint_every: int = why(10, "steps between checkpoints; an interrupted run resumes from the last")
     seed: int = why(42, "of sampling and prompt order, so a rerun samples the same")
 
@@ -363,11 +374,14 @@ def score_rollout(
     old_logprobs, ref_logprobs, old_values = [], [], []
     for start in range(0, len(rollout), config.mini_batch_size):
         part = rollout.select(slice(start, start + config.mini_batch_size))
-        logits, values = policy(*part.tensors())
-        logprobs = logprobs_from_logits(logits / config.temperature, part.response_ids, part.response_mask)
-        old_logprobs.append(logprobs)
-        old_values.append(values)
-        ref_logprobs.append(policy.reference_logprobs(*part.tensors(), temperature=config.temperature))
+        with autocast(policy.device, config.autocast_dtype):
+            logits, values = policy(*part.tensors())
+            ref_logits = policy.reference_logits(*part.tensors())
+        old_logprobs.append(logprobs_from_logits(logits.float() / config.temperature, part.response_ids,
+                                                 part.response_mask))
+        old_values.append(values.float())
+        ref_logprobs.append(logprobs_from_logits(ref_logits.float() / config.temperature, part.response_ids,
+                                                 part.response_mask))
     return torch.cat(old_logprobs), torch.cat(ref_logprobs), torch.cat(old_values)
 
 
@@ -391,8 +405,9 @@ def ppo_update(
             rows = order[start : start + config.mini_batch_size]
             part = rollout.select(rows)
             mask = part.response_mask
-            logits, values = policy(*part.tensors())
-            logits = logits / config.temperature
+            with autocast(policy.device, config.autocast_dtype):
+                logits, values = policy(*part.tensors())
+            logits, values = logits.float() / config.temperature, values.float()
             logprobs = logprobs_from_logits(logits, part.response_ids, mask)
             entropy = masked_mean(entropy_from_logits(logits), mask)
             policy_loss, clip_fraction = clipped_policy_loss(

@@ -1,0 +1,82 @@
+"""PPO and DPO steps of notebooks 06 and 08 in float32 against bf16 autocast, in one run.
+
+    OMP_NUM_THREADS=2 COURSE_PROFILE=offline .venv/bin/python bench/rl_steps.py --steps 3
+
+Trains a fresh LoRA adapter on the profile's model with the profile's PPO settings
+(`utils.detox.ppo_config`: the detox training dialogues, the toxicity reward) and, separately,
+with its DPO settings on the detox preference pairs, once per precision, into a temporary
+folder. Each step's seconds come from the run's own log (checkpoint writing excluded); the first
+step of each run is left out of the mean as warm-up. Notebook 06's PPO includes sampling, which
+stays float32 under either setting; only the log-probability passes and the updates change.
+Prints a markdown table: seconds per step and the speed-up of bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from statistics import mean
+
+import pandas as pd
+import torch
+
+from utils import course
+from utils.adapters import add_lora
+from utils.data import prompts_for
+from utils.detox import detox_preferences, dpo_config, ppo_config
+from utils.dpo import train_dpo
+from utils.models import load_model_and_tokenizer
+from utils.ppo import PolicyWithValueHead, train_ppo
+from utils.rewards import make_scorer
+from utils.rl_data import load_detox
+
+PRECISIONS = {"float32": None, "bf16 autocast": "bfloat16"}
+
+
+def step_seconds(history: list[dict]) -> float:
+    """Mean seconds of a run's steps after the first (all of them when there is one)."""
+    seconds = [record["seconds"] for record in history]
+    return mean(seconds[1:] or seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="steps of each run (the first is warm-up)")
+    parser.add_argument("--methods", nargs="+", choices=("ppo", "dpo"), default=["ppo", "dpo"])
+    args = parser.parse_args()
+    run = course.start("bench_rl_steps")
+    profile = run.profile
+    rows = load_detox("train")
+    reward = make_scorer(profile).reward
+    table: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for method in args.methods:
+            for label, dtype in PRECISIONS.items():
+                model, tokenizer = load_model_and_tokenizer(profile)
+                torch.manual_seed(profile.seed)
+                model = add_lora(model, rank=profile.lora_rank)
+                folder = Path(scratch) / f"{method}-{dtype}"
+                if method == "ppo":
+                    dialogues = [row["dialogue"] for row in rows]
+                    config = ppo_config(profile, steps=args.steps, autocast_dtype=dtype)
+                    history = train_ppo(PolicyWithValueHead(model), tokenizer, reward,
+                                        prompts_for(dialogues, tokenizer, profile), config, folder,
+                                        reward_prompts=dialogues).history
+                else:
+                    config = dpo_config(profile, steps=args.steps, autocast_dtype=dtype)
+                    history = train_dpo(model, tokenizer, detox_preferences(rows, tokenizer, profile), config,
+                                        folder).history
+                table[(method, label)] = step_seconds(history)
+                del model
+    rows_out = [{"run": f"{method.upper()}, {label}", "s / step": f"{seconds:.2f}",
+                 "speed-up": f"{table[(method, 'float32')] / seconds:.2f}x" if label != "float32" else ""}
+                for (method, label), seconds in table.items()]
+    print(f"\n{profile.name}, batch {profile.ppo_batch_size} (PPO, mini-batches of {profile.ppo_mini_batch_size}, "
+          f"{profile.ppo_epochs} epochs) and {profile.dpo_batch_size} pairs (DPO), {torch.get_num_threads()} threads\n")
+    print(f"{max(1, args.steps - 1)} step(s) timed per run\n")
+    print(pd.DataFrame(rows_out).set_index("run").to_markdown())
+
+
+if __name__ == "__main__":
+    main()
