@@ -110,17 +110,6 @@ class PolicyWithValueHead(nn.Module):
         return logits, self.value_head(hidden) * response_mask
 
     @torch.no_grad()
-    def reference_logits(
-        self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """pi_ref's logits for each response position: the same network with its LoRA adapter disabled."""
-        with self.model.disable_adapter():
-            logits, _ = answer_logits_and_hidden(
-                self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
-                self.decoder_start_token_id,
-            )
-        return logits
-
     def reference_logprobs(
         self,
         query_ids: torch.Tensor,
@@ -129,8 +118,12 @@ class PolicyWithValueHead(nn.Module):
         response_mask: torch.Tensor,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """log pi_ref of each response token."""
-        logits = self.reference_logits(query_ids, query_mask, response_ids, response_mask)
+        """log pi_ref of each response token (float32): the same network with its LoRA adapter disabled."""
+        with self.model.disable_adapter():
+            logits, _ = answer_logits_and_hidden(
+                self.model, self.is_encoder_decoder, query_ids, query_mask, response_ids, response_mask,
+                self.decoder_start_token_id,
+            )
         return logprobs_from_logits(logits.float() / temperature, response_ids, response_mask)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -376,12 +369,10 @@ def score_rollout(
         part = rollout.select(slice(start, start + config.mini_batch_size))
         with autocast(policy.device, config.autocast_dtype):
             logits, values = policy(*part.tensors())
-            ref_logits = policy.reference_logits(*part.tensors())
+            ref_logprobs.append(policy.reference_logprobs(*part.tensors(), temperature=config.temperature))
         old_logprobs.append(logprobs_from_logits(logits.float() / config.temperature, part.response_ids,
                                                  part.response_mask))
         old_values.append(values.float())
-        ref_logprobs.append(logprobs_from_logits(ref_logits.float() / config.temperature, part.response_ids,
-                                                 part.response_mask))
     return torch.cat(old_logprobs), torch.cat(ref_logprobs), torch.cat(old_values)
 
 
