@@ -1,7 +1,7 @@
 """Batched generation vs one example at a time (as the original labs did), same inputs, same model.
 
     .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8] [--shots 0]
-        [--decode-steps 16] [--variants whole-prompts static-cache compiled bf16-weights]
+        [--decode-steps 16] [--variants whole-prompts static-cache compiled bf16-weights bf16-autocast]
 
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
@@ -10,13 +10,16 @@ batch size, against that step's floor on this machine (utils/apps/generation_spe
 and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
 whichever is longer). `--variants` times other ways on the same batched run (every prompt read
 whole, without sharing the batch's common start; what transformers offers: a static key/value
-cache, compiled decoding, the weights in bf16), and counts how many summaries stay identical to the course's.
+cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts how many
+summaries stay identical to the course's. Every setting's summaries are scored against the test references
+(ROUGE-1, best reference), so a faster setting that writes other summaries shows whether they score the same.
 `--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -33,6 +36,7 @@ from utils.apps.generation_speed import (
 from utils.course import configure_threads
 from utils.data import fit_prompt, load_profile_data, prompts_for
 from utils.generation import generate
+from utils.metrics import rouge_best_and_mean
 from utils.models import context_window, load_model_and_tokenizer
 from utils.profiles import get_profile
 
@@ -54,6 +58,7 @@ def main() -> None:
     model, tokenizer = load_model_and_tokenizer(profile)
     test = load_profile_data(profile)["test"]
     dialogues = list(test["dialogue"])[: args.examples]
+    references = list(test["references"])[: args.examples]
     if args.shots:  # notebook 01's few-shot prompts: the shortest training dialogues as worked examples
         train = sorted(load_profile_data(profile)["train"], key=lambda row: len(row["dialogue"]))
         examples = [(row["dialogue"], row["summary"]) for row in train[: args.shots]]
@@ -93,27 +98,38 @@ def main() -> None:
     context = sum(len(tokenizer(p)["input_ids"]) for p in decode_prompts) / len(decode_prompts) + args.decode_steps / 2
     print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
-    rows = {"course (fp32, dynamic cache)": (model, {}, batched, timings[f"batched ({args.batch_size})"])}
+    rows = {"course (fp32, dynamic cache)": (model, {}, contextlib.nullcontext, batched,
+                                             timings[f"batched ({args.batch_size})"])}
     for variant in args.variants:
-        variant_model, options = VARIANTS[variant](model)
+        variant_model, options, computing = VARIANTS[variant](model)
         started = time.perf_counter()
-        variant_outputs = generate(variant_model, tokenizer, prompts, batch_size=args.batch_size,
-                                   max_new_tokens=max_new_tokens, description=variant, **options)
-        rows[variant] = (variant_model, options, variant_outputs, time.perf_counter() - started)
-    print(f"\n| setting | batched ({args.batch_size}) s | decode ms / step | floor ms | x floor | same summaries |")
-    print("|---|---|---|---|---|---|")
-    for name, (variant_model, options, variant_outputs, seconds) in rows.items():
-        step_ms = decode_step_milliseconds(variant_model, tokenizer, decode_prompts, args.decode_steps, **options)
+        with computing():
+            variant_outputs = generate(variant_model, tokenizer, prompts, batch_size=args.batch_size,
+                                       max_new_tokens=max_new_tokens, description=variant, **options)
+        rows[variant] = (variant_model, options, computing, variant_outputs, time.perf_counter() - started)
+    print(f"\n| setting | batched ({args.batch_size}) s | decode ms / step | floor ms | x floor | same summaries "
+          f"| ROUGE-1 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (variant_model, options, computing, variant_outputs, seconds) in rows.items():
+        with computing():
+            step_ms = decode_step_milliseconds(variant_model, tokenizer, decode_prompts, args.decode_steps, **options)
         floor = decode_floor_milliseconds(variant_model, len(decode_prompts), round(context), peaks)
         same_as_course = sum(a == b for a, b in zip(variant_outputs, batched))
+        rouge1 = rouge_best_and_mean(variant_outputs, references)["rouge1"]
         print(f"| {name} | {seconds:.1f} | {step_ms:.1f} | {floor['floor_ms']:.1f} (memory {floor['memory_ms']:.1f}, "
               f"arithmetic {floor['arithmetic_ms']:.1f}) | {step_ms / floor['floor_ms']:.1f} | "
-              f"{same_as_course}/{len(prompts)} |")
+              f"{same_as_course}/{len(prompts)} | {rouge1:.4f} |")
 
 
 def bf16_weights(model):
     """A copy of the model with its weights in bf16 (inference only: training keeps float32 weights)."""
-    return copy.deepcopy(model).to(torch.bfloat16), {}
+    return copy.deepcopy(model).to(torch.bfloat16), {}, contextlib.nullcontext
+
+
+def bf16_autocast(model):
+    """The float32 model under bf16 autocast, as the course trains where the CPU computes bf16: each
+    matrix product casts its weight to bf16, so no copy of the model is kept."""
+    return model, {}, lambda: torch.autocast(model.device.type, dtype=torch.bfloat16)
 
 
 def compiled_decoding(model):
@@ -124,13 +140,15 @@ def compiled_decoding(model):
 
     config = CompileConfig()
     config._compile_all_devices = True  # a class attribute, not an argument: generate's switch for CPUs
-    return model, {"cache_implementation": "static", "compile_config": config}
+    return model, {"cache_implementation": "static", "compile_config": config}, contextlib.nullcontext
 
 
 VARIANTS = {
-    "whole-prompts": lambda model: (model, {"share_prompt_start": False}),  # each prompt's shared start read again
-    "static-cache": lambda model: (model, {"cache_implementation": "static"}),
+    # each prompt's shared start read again
+    "whole-prompts": lambda model: (model, {"share_prompt_start": False}, contextlib.nullcontext),
+    "static-cache": lambda model: (model, {"cache_implementation": "static"}, contextlib.nullcontext),
     "bf16-weights": bf16_weights,
+    "bf16-autocast": bf16_autocast,
     "compiled": compiled_decoding,
 }
 
