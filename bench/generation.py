@@ -3,6 +3,7 @@
     .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8] [--shots 0]
         [--decode-steps 16] [--variants whole-prompts static-cache compiled bf16-weights bf16-autocast]
 
+Both runs, and the decode timing, compute in float32, as the notebooks generate on every machine.
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
 against the batched reading of the prompts alone (what batching cannot share out). Then the milliseconds of one decode step at the
@@ -11,7 +12,7 @@ and cache read at the measured bandwidth, or the arithmetic at the measured matm
 whichever is longer). `--variants` times other ways on the same batched run (every prompt read
 whole, without sharing the batch's common start; what transformers offers: a static key/value
 cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts how many
-summaries stay identical to the course's. Every setting's summaries are scored against the test references
+summaries stay identical to the float32 ones. Every setting's summaries are scored against the test references
 (ROUGE-1, best reference), so a faster setting that writes other summaries shows whether they score the same.
 `--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
@@ -98,7 +99,7 @@ def main() -> None:
     context = sum(len(tokenizer(p)["input_ids"]) for p in decode_prompts) / len(decode_prompts) + args.decode_steps / 2
     print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
-    rows = {"course (fp32, dynamic cache)": (model, {}, contextlib.nullcontext, batched,
+    rows = {"float32, dynamic cache": (model, {}, contextlib.nullcontext, batched,
                                              timings[f"batched ({args.batch_size})"])}
     for variant in args.variants:
         variant_model, options, computing = VARIANTS[variant](model)
@@ -114,11 +115,11 @@ def main() -> None:
         with computing():
             step_ms = decode_step_milliseconds(variant_model, tokenizer, decode_prompts, args.decode_steps, **options)
         floor = decode_floor_milliseconds(variant_model, len(decode_prompts), round(context), peaks)
-        same_as_course = sum(a == b for a, b in zip(variant_outputs, batched))
+        same_as_float32 = sum(a == b for a, b in zip(variant_outputs, batched))
         rouge1 = rouge_best_and_mean(variant_outputs, references)["rouge1"]
         print(f"| {name} | {seconds:.1f} | {step_ms:.1f} | {floor['floor_ms']:.1f} (memory {floor['memory_ms']:.1f}, "
               f"arithmetic {floor['arithmetic_ms']:.1f}) | {step_ms / floor['floor_ms']:.1f} | "
-              f"{same_as_course}/{len(prompts)} | {rouge1:.4f} |")
+              f"{same_as_float32}/{len(prompts)} | {rouge1:.4f} |")
 
 
 def bf16_weights(model):

@@ -19,16 +19,13 @@ os.environ.pop("COURSE_PROFILE", None)
 @pytest.fixture(autouse=True)
 def isolated_runs(tmp_path, monkeypatch):
     """Every test writes runs/ (results, reports, checkpoints) under its own temporary folder, and generates
-    afresh unless it asks for reuse itself (`course.start` turns reuse on for the rest of the process), and in
-    float32 unless it asks for autocast (`course.start` sets the profile's: bf16 on some machines)."""
-    from utils.generation import generate_under_autocast, reuse_generations_in
+    afresh unless it asks for reuse itself (`course.start` turns reuse on for the rest of the process)."""
+    from utils.generation import reuse_generations_in
 
     monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
     reuse_generations_in(None)
-    generate_under_autocast(None)
     yield tmp_path / "runs"
     reuse_generations_in(None)
-    generate_under_autocast(None)
 
 
 @pytest.fixture(params=["tiny", "tiny-causal"])

@@ -92,50 +92,6 @@ def test_generation_restores_them_after_an_error_too(tiny_model_and_tokenizer):
     assert model.training
 
 
-def test_generation_computes_under_the_autocast_asked_for_and_in_float32_again_after_it(tiny_model_and_tokenizer):
-    model, tokenizer = tiny_model_and_tokenizer
-    seen = []
-    model.register_forward_pre_hook(
-        lambda module, args: seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
-
-    def computed_in():
-        seen.clear()
-        generate(model, tokenizer, PROMPTS[:2], max_new_tokens=3, progress=False)
-        assert seen  # the hook saw the forward passes
-        return set(seen)
-
-    before = computed_in()
-    with generation.generation_autocast("bfloat16"):
-        under = computed_in()
-    after = computed_in()
-
-    assert before == after == {False}
-    assert under == {torch.bfloat16}
-    assert not torch.is_autocast_enabled("cpu")  # nothing left switched on outside generation
-
-
-def test_a_notebook_generates_in_the_precision_its_profile_trains_in(monkeypatch, capsys):
-    from utils import course
-
-    model, tokenizer = load_model_and_tokenizer(get_profile("tiny-causal"))
-    seen = []
-    model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
-    monkeypatch.setenv("COURSE_PROFILE", "tiny-causal")
-    monkeypatch.setenv("COURSE_MIXED_PRECISION", "bf16")  # as "auto" picks on a CPU with avx512_bf16
-
-    course.start("test")
-    generate(model, tokenizer, PROMPTS[:1], max_new_tokens=2, progress=False)
-
-    assert seen and all(seen)
-    assert "Generate: under bf16 autocast, as training" in capsys.readouterr().out
-    monkeypatch.setenv("COURSE_MIXED_PRECISION", "no")
-    course.start("test")
-    seen.clear()
-    generate(model, tokenizer, PROMPTS[:1], max_new_tokens=2, progress=False)
-    assert seen and not any(seen)
-    assert "Generate: in the weights' own precision" in capsys.readouterr().out
-
-
 def test_generation_of_no_prompts_is_an_empty_list(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
 

@@ -6,7 +6,7 @@ import torch
 
 from tests.test_generation import PROMPTS, make_talkative
 from utils.adapters import add_lora
-from utils.generation import generate, generation_autocast, reuse_generations_in
+from utils.generation import generate, reuse_generations_in
 from utils.models import load_model_and_tokenizer, weights_fingerprint
 from utils.profiles import get_profile
 
@@ -70,21 +70,6 @@ def test_changed_weights_prompts_or_settings_generate_again(talkative_model, reu
 
     assert counter.calls == calls + 2 + 1 + 1 + 2  # every one generated
     assert len(list(reusing.glob("*.json"))) == 5
-
-
-def test_a_generation_under_bf16_autocast_is_not_read_back_for_float32_nor_the_other_way(talkative_model, reusing):
-    model, tokenizer = talkative_model
-    counter = CountingGenerate(model)
-    summaries(model, tokenizer)
-    calls = counter.calls
-
-    with generation_autocast("bfloat16"):
-        summaries(model, tokenizer)
-        summaries(model, tokenizer)  # the same bf16 generation again: read back
-    summaries(model, tokenizer)  # float32 again: read back
-
-    assert counter.calls == 2 * calls
-    assert len(list(reusing.glob("*.json"))) == 2
 
 
 def test_a_model_with_its_adapter_switched_off_is_its_base_model(tiny_profile):

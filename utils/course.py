@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from utils.generation import generate_under_autocast, reuse_generations_in
-from utils.models import autocast_dtype_name, describe_model, resolve_device, resolve_dtype, training_precision
+from utils.generation import reuse_generations_in
+from utils.models import describe_model, resolve_device, resolve_dtype, training_precision
 from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import require_hub_or_cache
 from utils.plumbing.results import record_result
@@ -91,9 +91,6 @@ def start(notebook: str) -> Course:
     print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')} weights, {threads} CPU threads")
     print(f"Training: {training_precision(profile)[1]}")
-    generation_dtype = autocast_dtype_name(profile)
-    generate_under_autocast(generation_dtype)
-    print("Generate: " + ("under bf16 autocast, as training" if generation_dtype else "in the weights' own precision"))
     generations = runs_dir(profile.run_name) / "generations"
     reuse_generations_in(generations)
     print(f"Reuse   : trainings and generations already done with the same weights and settings, from "

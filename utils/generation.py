@@ -8,20 +8,12 @@ machine's threads and CPU kind, and for sampling the random generator's state. T
 generation asked for again (notebook 03 scoring the base model that 02 scored, 08 sampling
 the summarizer that 06 sampled) is read back instead of computed, and leaves the random
 generator where generating would have left it.
-
-`generate_under_autocast(dtype_name)` (`course.start` calls it with the profile's precision, as
-training has it) makes every generation after it run under bf16 autocast where the hardware
-computes bf16 natively: about 1.5 times faster on such a CPU (docs/BENCHMARKS.md), and the summaries
-score the same. `generation_autocast(None)` computes a block in float32, where a check needs exact
-arithmetic (notebook 03's merged adapter against the unmerged one).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import peft
@@ -34,13 +26,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import families
 from utils.adapters import has_soft_prompt
 from utils.families import generated_answer, prompt_padding_side, prompts_can_share_a_prefix
-from utils.models import autocast, weights_fingerprint
+from utils.models import weights_fingerprint
 from utils.plumbing.reuse import keep_for_reuse, reused
 from utils.plumbing.run_state import fingerprint
 from utils.prompts import encode
 
 _reuse_folder: Path | None = None  # where generations are kept for reuse; None: always generate
-_autocast_dtype: str | None = None  # "bfloat16": generate under bf16 autocast; None: in the weights' own precision
 # Part of every reuse fingerprint: bump it when a change here can change what is generated.
 GENERATION_CODE_VERSION = 1
 # A common start shorter than this is not worth its own forward pass (a chat template's system turn is longer).
@@ -51,23 +42,6 @@ def reuse_generations_in(folder: Path | None) -> None:
     """Keep every generation in `folder` and read it back when asked for again (None: generate every time)."""
     global _reuse_folder
     _reuse_folder = None if folder is None else Path(folder)
-
-
-def generate_under_autocast(dtype_name: str | None) -> None:
-    """Generate under autocast to `dtype_name` ("bfloat16") from now on; None: in the weights' own precision."""
-    global _autocast_dtype
-    _autocast_dtype = dtype_name
-
-
-@contextlib.contextmanager
-def generation_autocast(dtype_name: str | None) -> Iterator[None]:
-    """Within the block, generate under autocast to `dtype_name` (None: none); the setting before it afterwards."""
-    previous = _autocast_dtype
-    generate_under_autocast(dtype_name)
-    try:
-        yield
-    finally:
-        generate_under_autocast(previous)
 
 
 def generate_ids(
@@ -88,21 +62,14 @@ def generate_ids(
     on the left so every prompt ends right where generation starts, and the start that all
     prompts of a batch share (the chat template and instruction, few-shot examples) is read once
     for the batch (`shared_prefix_inputs`; `share_prompt_start=False` reads every prompt whole),
-    with the same greedy output. Under bf16 autocast where `generate_under_autocast` asked for it.
-    Greedy unless `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
+    with the same greedy output. Greedy unless
+    `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
     prompt tuning) gets it prepended as embeddings, see `soft_prompt_inputs`.
     """
     if not prompts:
         return []
     generation_kwargs.setdefault("do_sample", False)
     generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    with autocast(model.device, _autocast_dtype):
-        return _reused_or_generated(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
-                                    share_prompt_start, generation_kwargs)
-
-
-def _reused_or_generated(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool,
-                         description: str, share_prompt_start: bool, generation_kwargs: dict) -> list[list[int]]:
     if _reuse_folder is None:
         return _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
                              share_prompt_start, generation_kwargs)
@@ -209,7 +176,7 @@ def generation_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     """What makes two generations the same: model, tokenizer, prompts, settings, libraries, machine, random state."""
     tokenizer_identity = [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer),
                           tokenizer.special_tokens_map, tokenizer.chat_template]
-    machine = {"code": GENERATION_CODE_VERSION, "device": str(model.device), "autocast": _autocast_in_effect(model.device.type),
+    machine = {"code": GENERATION_CODE_VERSION, "device": str(model.device), "autocast": torch.is_autocast_enabled(model.device.type),
                "threads": torch.get_num_threads(),
                "cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                "transformers": transformers.__version__, "peft": peft.__version__}
@@ -219,11 +186,6 @@ def generation_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     identity = json.dumps([weights_fingerprint(model), has_soft_prompt(model), tokenizer_identity, random_state],
                           default=str)
     return fingerprint({**settings, **machine}, identity, prompts)
-
-
-def _autocast_in_effect(device_type: str) -> str | bool:
-    """The autocast dtype in effect ("torch.bfloat16"), or False."""
-    return torch.is_autocast_enabled(device_type) and str(torch.get_autocast_dtype(device_type))
 
 
 def _random_state(model: torch.nn.Module) -> dict:
