@@ -100,7 +100,7 @@ def main() -> None:
     print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
     rows = {"float32, dynamic cache": (model, {}, contextlib.nullcontext, batched,
-                                             timings[f"batched ({args.batch_size})"])}
+                                       timings[f"batched ({args.batch_size})"])}
     for variant in args.variants:
         variant_model, options, computing = VARIANTS[variant](model)
         started = time.perf_counter()
