@@ -7,8 +7,9 @@ Both probes of the second task: the benchmark (lm-evaluation-harness, log-likeli
 gold choice, utils/benchmarks.py) and short answers written by the model (utils/forgetting.py).
 The trainings are notebook 02's and 03's (`train_for_forgetting`): `full` and `multitask` train
 every weight at --learning-rate, `lora` trains notebook 03's adapter at --lora-learning-rate; all
-for --epochs passes over the summaries (multitask: as many optimizer steps, with --share of the
-examples from the second task). Defaults: the profile's `forgetting_epochs`,
+for --epochs passes over the profile's `forgetting_train_examples` summaries at its
+`forgetting_batch_size` (multitask: as many optimizer steps, with --share of the examples from the
+second task). Defaults: the profile's `forgetting_epochs`,
 `forgetting_learning_rate` and `forgetting_lora_learning_rate`. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
 and by the notebooks with the same settings. Prints a markdown table: each probe's accuracy before
 and after, and the paired 95% interval of after - before.
@@ -17,6 +18,7 @@ and after, and the paired 95% interval of after - before.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
@@ -27,6 +29,7 @@ from utils.forgetting import (
     FORGETTING_METHODS,
     MULTITASK_SHARE,
     compare_probes,
+    forgetting_settings,
     short_answer_probe,
     train_for_forgetting,
 )
@@ -69,7 +72,8 @@ def main() -> None:
             "short answers CI": f"[{answers.ci_low:+.3f}, {answers.ci_high:+.3f}]",
         }
         del candidate, trained
-    print(f"\n{profile.name}, {epochs:g} epochs, full/multitask lr {learning_rate:g}, share {args.share:g}\n")
+    print(f"\n{profile.name}, {forgetting_settings(replace(profile, forgetting_epochs=epochs))}, "
+          f"full/multitask lr {learning_rate:g}, share {args.share:g}\n")
     print(pd.DataFrame(rows).T.to_markdown(floatfmt=".3f"))
 
 

@@ -1,5 +1,7 @@
 """The forgetting probe (short answers to the benchmark's questions) and the multi-task mix."""
 
+from dataclasses import replace
+
 import pytest
 
 from utils.data import read_rows, tokenize_for_training
@@ -108,3 +110,26 @@ def test_the_online_profiles_measure_forgetting_on_their_main_runs_which_noteboo
 
     assert (profile.forgetting_epochs, profile.forgetting_learning_rate) == (profile.epochs, profile.full_learning_rate)
     assert profile.forgetting_lora_learning_rate == profile.peft_learning_rate
+    assert (profile.forgetting_train_examples, profile.forgetting_batch_size) == (None, profile.batch_size)
+
+
+def test_forgetting_trains_on_the_profiles_slice_at_its_batch_and_is_then_never_the_main_run(monkeypatch, tiny_profile,
+                                                                                          tiny_model_and_tokenizer):
+    import utils.forgetting
+    from utils.data import load_profile_data
+
+    _, tokenizer = tiny_model_and_tokenizer
+    summaries = tokenize_for_training(load_profile_data(tiny_profile)["train"], tokenizer, tiny_profile)
+    calls = []
+    monkeypatch.setattr(utils.forgetting, "train", lambda model, tokenizer, profile, name, data, validation, *args, **kw:
+                        calls.append((name, profile.batch_size, len(data), validation)))
+    sliced = replace(tiny_profile, forgetting_train_examples=6, forgetting_batch_size=2)
+
+    train_for_forgetting("full", tokenizer, sliced, summaries, summaries, epochs=sliced.epochs,
+                         learning_rate=sliced.full_learning_rate)  # the main run's epochs and rate, not its data
+    train_for_forgetting("multitask", tokenizer, sliced, summaries, summaries)
+    train_for_forgetting("full", tokenizer, replace(sliced, forgetting_train_examples=None), summaries, summaries)
+
+    assert calls[0] == ("forgetting-full-e1-lr0.001", 2, 6, None)
+    assert calls[1][1:] == (2, 8, None)  # 6 summaries and 2 second-task examples: a quarter
+    assert calls[2][1:3] == (2, len(summaries))

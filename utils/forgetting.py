@@ -23,7 +23,7 @@ share its trainings.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -121,6 +121,13 @@ def multitask_mix(first: Dataset, second: Dataset, share: float, seed: int = 0) 
     return concatenate_datasets([first.select_columns(columns), added]).shuffle(seed=seed)
 
 
+def forgetting_settings(profile: Profile) -> str:
+    """The forgetting runs' data, passes and batch size, in words (their learning rates are printed apart)."""
+    summaries = ("all the" if profile.forgetting_train_examples is None
+                 else f"the first {profile.forgetting_train_examples}")
+    return f"{profile.forgetting_epochs:g} passes over {summaries} summaries at batch {profile.forgetting_batch_size}"
+
+
 def train_for_forgetting(
     method: str, tokenizer: PreTrainedTokenizerBase, profile: Profile, summaries: Dataset, validation: Dataset,
     epochs: float | None = None, learning_rate: float | None = None, share: float = MULTITASK_SHARE,
@@ -128,24 +135,29 @@ def train_for_forgetting(
 ) -> TrainingRun:
     """Train a fresh base model on the summaries by `method` ("full", "multitask" or "lora").
 
-    `epochs` (default: the profile's `forgetting_epochs`) passes over the summaries; full and
-    multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at `lora_learning_rate`
-    (default: `forgetting_lora_learning_rate`). Multitask adds second-task examples to make up
-    `share` of the data and trains for as many optimizer steps as full. Settings equal to the main
-    runs' (notebooks 02 and 03) reuse them; the others measure no validation loss during training
-    (the notebooks compare short answers and test perplexity, not loss curves), so `validation`
-    only serves the main runs.
+    The first `forgetting_train_examples` summaries (all where the profile says so), `epochs`
+    (default: the profile's `forgetting_epochs`) passes over them at `forgetting_batch_size`; full
+    and multitask at `learning_rate` (default: `forgetting_learning_rate`), LoRA at
+    `lora_learning_rate` (default: `forgetting_lora_learning_rate`). Multitask adds second-task
+    examples to make up `share` of the data and trains for as many optimizer steps as full. Settings
+    equal to the main runs' (notebooks 02 and 03) reuse them; the others measure no validation loss
+    during training (the notebooks compare short answers and test perplexity, not loss curves), so
+    `validation` only serves the main runs.
     """
     if method not in FORGETTING_METHODS:
         raise ValueError(f"method must be one of {FORGETTING_METHODS}, not {method!r}")
     epochs = profile.forgetting_epochs if epochs is None else epochs
     learning_rate = profile.forgetting_learning_rate if learning_rate is None else learning_rate
+    main_data = profile.forgetting_train_examples is None and profile.forgetting_batch_size == profile.batch_size
+    if profile.forgetting_train_examples is not None:
+        summaries = summaries.select(range(min(profile.forgetting_train_examples, len(summaries))))
+    profile = replace(profile, batch_size=profile.forgetting_batch_size)
     model, _ = load_model_and_tokenizer(profile)
     settings = f"e{epochs:g}-lr{learning_rate:g}"
     if method == "lora":
         rank, rate = profile.lora_rank, lora_learning_rate or profile.forgetting_lora_learning_rate
         name = f"forgetting-lora-r{rank}-e{epochs:g}" + ("" if rate == profile.peft_learning_rate else f"-lr{rate:g}")
-        main_run = (epochs, rate) == (profile.epochs, profile.peft_learning_rate)
+        main_run = main_data and (epochs, rate) == (profile.epochs, profile.peft_learning_rate)
         if main_run:
             name = f"lora-r{rank}"  # notebook 03's main adapter
         return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation if main_run else None,
@@ -154,6 +166,6 @@ def train_for_forgetting(
         mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share)
         return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, None,
                      learning_rate, epochs=epochs * len(summaries) / len(mixed))
-    main_run = (epochs, learning_rate) == (profile.epochs, profile.full_learning_rate)
+    main_run = main_data and (epochs, learning_rate) == (profile.epochs, profile.full_learning_rate)
     return train(model, tokenizer, profile, "full" if main_run else f"forgetting-full-{settings}", summaries,
                  validation if main_run else None, learning_rate, epochs=epochs)

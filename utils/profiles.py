@@ -63,10 +63,13 @@ class Profile:
     eval_batch_size: int
     full_learning_rate: float
     peft_learning_rate: float
-    # Forgetting (notebooks 02 and 03): passes over the training summaries and the full (and multitask)
-    # and LoRA learning rates of the runs that measure what training costs a second task. Equal to
-    # `epochs` and `full_learning_rate` (`peft_learning_rate`), those runs are the main ones, reused.
+    # Forgetting (notebooks 02 and 03): how many of the training summaries (None: all), passes over
+    # them, batch size, and the full (and multitask) and LoRA learning rates of the runs that measure
+    # what training costs a second task. Equal to the main runs' (all the summaries, `epochs`,
+    # `batch_size`, `full_learning_rate` / `peft_learning_rate`), those runs are the main ones, reused.
+    forgetting_train_examples: int | None
     forgetting_epochs: float
+    forgetting_batch_size: int
     forgetting_learning_rate: float
     forgetting_lora_learning_rate: float
     # Lengths in tokens.
@@ -127,7 +130,7 @@ class Profile:
 
 
 PROFILES_FILE = PROJECT_ROOT / "configs" / "profiles.toml"
-_EXAMPLE_COUNTS = ("train_examples", "validation_examples", "test_examples")
+_EXAMPLE_COUNTS = ("train_examples", "validation_examples", "test_examples", "forgetting_train_examples")
 
 
 def read_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
@@ -220,7 +223,7 @@ def hub_repos(profile: Profile) -> list:
 # generations), on the CPU when there is no GPU. Model, family, dtype, data and templates stay.
 SMOKE_SIZES = (
     "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size", "forgetting_epochs",
-    "eval_batch_size", "max_new_tokens", "lora_rank", "sweep_ranks", "sweep_train_examples",
+    "forgetting_train_examples", "forgetting_batch_size", "eval_batch_size", "max_new_tokens", "lora_rank", "sweep_ranks", "sweep_train_examples",
     "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
     "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps", "dpo_steps", "dpo_batch_size",
 )
