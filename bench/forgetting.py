@@ -1,7 +1,8 @@
 """Forgetting, headless: the second task before and after training on summaries, for full, LoRA and multitask.
 
     COURSE_PROFILE=offline .venv/bin/python bench/forgetting.py [--epochs 4] [--learning-rate 5e-4]
-        [--methods full multitask lora] [--share 0.25] [--lora-learning-rate 5e-4]
+        [--methods full multitask lora] [--share 0.25] [--lora-learning-rate 5e-4] [--train-examples 32]
+        [--batch-size 4]
 
 Both probes of the second task: the benchmark (lm-evaluation-harness, log-likelihood of the
 gold choice, utils/benchmarks.py) and short answers written by the model (utils/forgetting.py).
@@ -12,7 +13,7 @@ for --epochs passes over the profile's `forgetting_train_examples` summaries at 
 second task). Defaults: the profile's `forgetting_epochs`,
 `forgetting_learning_rate` and `forgetting_lora_learning_rate`. Trainings go to runs/<profile>/checkpoints/ and are reused by reruns
 and by the notebooks with the same settings. Prints a markdown table: each probe's accuracy before
-and after, and the paired 95% interval of after - before.
+and after, the paired 95% interval of after - before, and the summaries' test perplexity after.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from utils import course
 from utils.benchmarks import compare_results, run_benchmark
 from utils.data import load_profile_data, tokenize_for_training
+from utils.evaluation import split_perplexity
 from utils.forgetting import (
     FORGETTING_METHODS,
     MULTITASK_SHARE,
@@ -44,9 +46,16 @@ def main() -> None:
                         help="full and multitask (default: the profile's forgetting_learning_rate)")
     parser.add_argument("--lora-learning-rate", type=float, default=None, help="default: the profile's forgetting_lora_learning_rate")
     parser.add_argument("--share", type=float, default=MULTITASK_SHARE, help="second-task share of the multitask data")
+    parser.add_argument("--train-examples", type=int, default=None,
+                        help="the first N summaries, 0 for all (default: the profile's forgetting_train_examples)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the profile's forgetting_batch_size")
     args = parser.parse_args()
     run = course.start("bench_forgetting")
     profile = run.profile
+    if args.train_examples is not None:
+        profile = replace(profile, forgetting_train_examples=args.train_examples or None)
+    if args.batch_size is not None:
+        profile = replace(profile, forgetting_batch_size=args.batch_size)
     epochs = args.epochs or profile.forgetting_epochs
     learning_rate = args.learning_rate or profile.forgetting_learning_rate
     model, tokenizer = load_model_and_tokenizer(profile)
@@ -63,9 +72,11 @@ def main() -> None:
         candidate = trained.model
         benchmark = compare_results(benchmark_before, run_benchmark(candidate, tokenizer, profile))
         answers = compare_probes(answers_before, short_answer_probe(candidate, tokenizer, profile))
-        print(f"{method}:", benchmark.summary(), "|", answers.summary(), flush=True)
+        perplexity = split_perplexity(candidate, tokenizer, profile, data["test"])
+        print(f"{method}:", benchmark.summary(), "|", answers.summary(), f"| summaries' test perplexity {perplexity:.2f}",
+              flush=True)
         rows[method] = {
-            "train s": round(trained.train_seconds),
+            "train s": round(trained.train_seconds), "summaries' test perplexity": perplexity,
             "benchmark before": benchmark.before, "benchmark after": benchmark.after,
             "benchmark CI": f"[{benchmark.ci_low:+.3f}, {benchmark.ci_high:+.3f}]",
             "short answers before": answers.before, "short answers after": answers.after,
