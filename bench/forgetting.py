@@ -56,7 +56,9 @@ def main() -> None:
         profile = replace(profile, forgetting_train_examples=args.train_examples or None)
     if args.batch_size is not None:
         profile = replace(profile, forgetting_batch_size=args.batch_size)
-    epochs = args.epochs or profile.forgetting_epochs
+    if args.epochs:
+        profile = replace(profile, forgetting_epochs=args.epochs)
+    epochs = profile.forgetting_epochs
     learning_rate = args.learning_rate or profile.forgetting_learning_rate
     model, tokenizer = load_model_and_tokenizer(profile)
     data = load_profile_data(profile)
@@ -83,7 +85,7 @@ def main() -> None:
             "short answers CI": f"[{answers.ci_low:+.3f}, {answers.ci_high:+.3f}]",
         }
         del candidate, trained
-    print(f"\n{profile.name}, {forgetting_settings(replace(profile, forgetting_epochs=epochs))}, "
+    print(f"\n{profile.name}, {forgetting_settings(profile)}, "
           f"full/multitask lr {learning_rate:g}, share {args.share:g}\n")
     print(pd.DataFrame(rows).T.to_markdown(floatfmt=".3f"))
 
