@@ -6,17 +6,20 @@ Trains a fresh LoRA adapter on the profile's model with the profile's PPO settin
 (`utils.detox.ppo_config`: the detox training dialogues, the toxicity reward) and, separately,
 with its DPO settings on the detox preference pairs, once per precision, into a temporary
 folder. Each step's seconds come from the run's own log (checkpoint writing excluded); the first
-step of each run is left out of the mean as warm-up. Notebook 06's PPO includes sampling, which
-stays float32 under either setting; only the log-probability passes and the updates change.
-Prints a markdown table: seconds per step and the speed-up of bf16.
+step of each run is left out of the mean as warm-up. Under bf16 autocast PPO also samples from a
+bf16 copy of the policy with its adapter merged (`utils.ppo.sampling_model`); `sampling` times
+that part alone: one step's sampling (8 prompts, the profile's response length, copy included)
+from the float32 policy and from the copy, alternately, on the same prompts.
+Prints markdown tables: seconds per step, and the speed-up of bf16.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 
 import pandas as pd
 import torch
@@ -27,7 +30,7 @@ from utils.data import prompts_for
 from utils.detox import detox_preferences, dpo_config, ppo_config
 from utils.dpo import train_dpo
 from utils.models import load_model_and_tokenizer
-from utils.ppo import PolicyWithValueHead, train_ppo
+from utils.ppo import PolicyWithValueHead, sample_responses, train_ppo
 from utils.rewards import make_scorer
 from utils.rl_data import load_detox
 
@@ -40,10 +43,28 @@ def step_seconds(history: list[dict]) -> float:
     return mean(seconds[1:] or seconds)
 
 
+def sampling_seconds(profile, dialogues: list[str], repeats: int) -> dict[str, float]:
+    """Median seconds of one PPO step's sampling (`sample_responses`) per precision, timed alternately."""
+    model, tokenizer = load_model_and_tokenizer(profile)
+    torch.manual_seed(profile.seed)
+    policy = PolicyWithValueHead(add_lora(model, rank=profile.lora_rank)).eval()
+    prompts = prompts_for(dialogues[: profile.ppo_batch_size], tokenizer, profile)
+    times: dict[str, list[float]] = {label: [] for label in PRECISIONS}
+    for _ in range(repeats + 1):  # the first round is warm-up
+        for label, dtype in PRECISIONS.items():
+            config = ppo_config(profile, autocast_dtype=dtype, min_new_tokens=profile.ppo_max_new_tokens)
+            torch.manual_seed(profile.seed)
+            started = time.perf_counter()
+            sample_responses(policy, tokenizer, prompts, config)
+            times[label].append(time.perf_counter() - started)
+    return {label: median(seconds[1:]) for label, seconds in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="steps of each run (the first is warm-up)")
-    parser.add_argument("--methods", nargs="+", choices=("ppo", "dpo"), default=["ppo", "dpo"])
+    parser.add_argument("--methods", nargs="+", choices=("ppo", "dpo", "sampling"), default=["ppo", "dpo", "sampling"])
+    parser.add_argument("--sampling-repeats", type=int, default=3, help="timed rounds of `sampling` (after one warm-up)")
     args = parser.parse_args()
     run = course.start("bench_rl_steps")
     profile = run.profile
@@ -51,7 +72,7 @@ def main() -> None:
     reward = make_scorer(profile).reward
     table: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for method in args.methods:
+        for method in [m for m in args.methods if m != "sampling"]:
             for label, dtype in PRECISIONS.items():
                 model, tokenizer = load_model_and_tokenizer(profile)
                 torch.manual_seed(profile.seed)
@@ -75,7 +96,17 @@ def main() -> None:
     print(f"\n{profile.name}, batch {profile.ppo_batch_size} (PPO, mini-batches of {profile.ppo_mini_batch_size}, "
           f"{profile.ppo_epochs} epochs) and {profile.dpo_batch_size} pairs (DPO), {torch.get_num_threads()} threads\n")
     print(f"{max(1, args.steps - 1)} step(s) timed per run\n")
-    print(pd.DataFrame(rows_out).set_index("run").to_markdown())
+    if rows_out:
+        print(pd.DataFrame(rows_out).set_index("run").to_markdown())
+    if "sampling" in args.methods:
+        sampling = sampling_seconds(profile, [row["dialogue"] for row in rows], args.sampling_repeats)
+        print(f"\nOne PPO step's sampling: {profile.ppo_batch_size} prompts, {profile.ppo_max_new_tokens} new tokens "
+              f"each, median of {args.sampling_repeats} alternating rounds\n")
+        print(pd.DataFrame([{"sampling from": "the float32 policy" if dtype is None else "a merged bf16 copy",
+                             "s": f"{seconds:.2f}",
+                             "speed-up": "" if dtype is None else f"{sampling['float32'] / seconds:.2f}x"}
+                            for (label, dtype), seconds in zip(PRECISIONS.items(), sampling.values())])
+              .set_index("sampling from").to_markdown())
 
 
 if __name__ == "__main__":

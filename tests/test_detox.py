@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import torch
 import pytest
 
 from utils.detox import dpo_config, evaluation_seeds, ppo_config, sample_summaries, score_table, step_toxicity
@@ -60,9 +61,10 @@ def test_evaluation_seeds_are_as_many_as_the_profile_asks_and_distinct():
     assert len(seeds) == len(set(seeds)) == profile.ppo_eval_seeds >= 3
 
 
-def test_samples_have_one_row_per_prompt_one_column_per_seed_and_repeat_with_the_seed(tiny_profile):
+@pytest.mark.parametrize("autocast_dtype", [None, "bfloat16"])
+def test_samples_have_one_row_per_prompt_one_column_per_seed_and_repeat_with_the_seed(tiny_profile, autocast_dtype):
     model, tokenizer = load_model_and_tokenizer(tiny_profile)
-    config = ppo_config(tiny_profile)
+    config = ppo_config(tiny_profile, autocast_dtype=autocast_dtype)  # bfloat16: from a bf16 copy, as PPO samples
     prompts = ["Summarize: the bus was late.", "Summarize: a refund was issued.", "Summarize: the ferry left."]
 
     first = sample_summaries(model, tokenizer, prompts, config, [1, 2], batch_size=2)
@@ -71,6 +73,7 @@ def test_samples_have_one_row_per_prompt_one_column_per_seed_and_repeat_with_the
     assert len(first) == 3 and all(len(row) == 2 for row in first)
     assert first == again
     assert [row[0] for row in first] != [row[1] for row in first]  # another seed, other samples
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the model itself is left as it was
 
 
 def test_score_table_keeps_the_shape_of_the_samples():

@@ -17,6 +17,7 @@ from utils.ppo import (
     response_mask_until_eos,
     run_scaled_kl_horizon,
     sample_responses,
+    sampling_model,
     score_rollout,
     settings_with_reasons,
     train_ppo,
@@ -348,6 +349,40 @@ def test_under_bf16_autocast_the_logprobs_move_by_rounding_only_and_the_weights_
     assert all(math.isfinite(record["policy_loss"]) for record in result.history)
     assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
 
+
+
+def test_under_bf16_autocast_a_merged_bf16_copy_samples_and_the_policy_is_left_as_it_was(tiny_profile):
+    policy, tokenizer = make_policy(tiny_profile)
+    policy.eval()  # as train_ppo samples: no dropout
+    with torch.no_grad():  # an adapter that changes the outputs, as after some PPO steps
+        for name, parameter in policy.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    bf16 = replace(SMALL, autocast_dtype="bfloat16")
+    rollout = sample_responses(policy, tokenizer, PROMPTS[:4], SMALL)
+    before = {name: parameter.clone() for name, parameter in policy.named_parameters()}
+
+    sampler = sampling_model(policy.model, bf16.autocast_dtype)
+
+    assert sampling_model(policy.model, None) is policy.model  # float32 samples from the policy itself
+    assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
+    assert not any("lora" in name for name, _ in sampler.named_parameters())  # the adapter is merged in
+    assert all(torch.equal(before[name], p) for name, p in policy.named_parameters())
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+
+    def logprobs(model):
+        with torch.no_grad():
+            logits, _ = answer_logits_and_hidden(model, policy.is_encoder_decoder, *rollout.tensors(),
+                                                 policy.decoder_start_token_id)
+        return logprobs_from_logits(logits.float(), rollout.response_ids, rollout.response_mask)
+
+    exact = logprobs(policy.model)
+    with policy.model.disable_adapter():
+        without_adapter = logprobs(policy.model)
+    rounding = (logprobs(sampler) - exact).abs().mean()
+    assert rounding < 0.1 * (without_adapter - exact).abs().mean()  # the copy is the policy, not the reference
+    bf16_rollout = sample_responses(policy, tokenizer, PROMPTS[:4], bf16)
+    assert bf16_rollout.response_ids.shape[0] == 4 and bf16_rollout.response_mask.sum() > 0
 
 # --- training -----------------------------------------------------------------------------------
 

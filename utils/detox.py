@@ -8,7 +8,8 @@
 - `detox_preferences(rows, tokenizer, profile)`: the dialogues as DPO pairs, the neutral summary
   chosen and the careless one rejected.
 - `sample_summaries(...)`: several sampled summaries per prompt, one per seed, with the PPO
-  sampling settings, so before and after are measured on the distribution PPO trains.
+  sampling settings and PPO's sampling network, so before and after are measured on the
+  distribution PPO trains.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.dpo import DPOConfig, PreferencePairs
 from utils.generation import generate
 from utils.models import autocast_dtype_name
-from utils.ppo import PPOConfig, run_scaled_kl_horizon
+from utils.ppo import PPOConfig, run_scaled_kl_horizon, sampling_model
 from utils.profiles import Profile
 from utils.training import TrainingRun
 
@@ -108,13 +109,15 @@ def sample_summaries(
     """One sampled summary per prompt and seed, as PPO samples them: rows are prompts, columns seeds.
 
     Each seed fixes the random numbers of a whole pass, so the same model gives the same
-    texts again, and two models are compared on the same seeds.
+    texts again, and two models are compared on the same seeds. Under `config.autocast_dtype` the
+    samples come from a merged copy in that dtype, as PPO's do (`utils.ppo.sampling_model`).
     """
+    sampler = sampling_model(model, config.autocast_dtype)
     columns = []
     for seed in seeds:
         torch.manual_seed(seed)
         columns.append(generate(
-            model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=config.max_new_tokens,
+            sampler, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=config.max_new_tokens,
             do_sample=True, top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
             description=f"{description} (seed {seed})",
         ))

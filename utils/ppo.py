@@ -18,6 +18,7 @@ it through `reward_prompts`: one text per prompt, passed as `reward_fn(texts, pr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import random
@@ -32,7 +33,7 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
@@ -175,7 +176,8 @@ class PPOConfig:
     temperature: float = why(1.0, "of sampling, and of the log-probabilities, so both are of one distribution")
     autocast_dtype: str | None = why(None, "None: float32 throughout. \"bfloat16\": the log-probability passes and "
                                      "updates under bf16 autocast, where the hardware computes it (the profile's "
-                                     "mixed precision); the weights stay float32, sampling stays float32")
+                                     "mixed precision), and sampling from a bf16 copy of the policy; the weights "
+                                     "that train stay float32")
     checkpoint_every: int = why(10, "steps between checkpoints; an interrupted run resumes from the last")
     seed: int = why(42, "of sampling and prompt order, so a rerun samples the same")
 
@@ -241,6 +243,23 @@ def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: Sequence[int]) 
     return (eos_before == 0).long()
 
 
+def sampling_model(model: PreTrainedModel, autocast_dtype: str | None) -> PreTrainedModel:
+    """The network that samples: `model` itself in float32 (None), or a copy of it in `autocast_dtype`.
+
+    Under autocast a LoRA model's frozen weights are cast again at every sampled token (autocast
+    keeps the casts of trained weights only). The copy has the adapter merged and every weight cast
+    once, so it decodes faster (bench/rl_steps.py times both). It samples from the policy's
+    distribution up to bf16 rounding, like the autocast passes that score the samples afterwards:
+    the ratios and the KL penalty come from those passes, as in float32.
+    """
+    if autocast_dtype is None:
+        return model
+    merged = copy.deepcopy(model)
+    if isinstance(merged, PeftModel):
+        merged = merged.merge_and_unload()
+    return merged.to(getattr(torch, autocast_dtype)).eval()
+
+
 @torch.no_grad()
 def sample_responses(
     policy: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: PPOConfig
@@ -248,9 +267,10 @@ def sample_responses(
     """Sample one response per prompt from the current policy; keeps the sampled token ids.
 
     Padding as in utils.generation: decoder-only prompts on the left, so every prompt ends
-    where its response starts; encoder-decoder prompts on the right.
+    where its response starts; encoder-decoder prompts on the right. Under autocast the samples
+    come from a merged copy of the policy in the autocast dtype (`sampling_model`).
     """
-    model = policy.model
+    model = sampling_model(policy.model, config.autocast_dtype)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = prompt_padding_side(policy.is_encoder_decoder)
     try:
