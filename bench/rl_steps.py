@@ -94,9 +94,9 @@ def main() -> None:
                  "speed-up": f"{table[(method, 'float32')] / seconds:.2f}x" if label != "float32" else ""}
                 for (method, label), seconds in table.items()]
     print(f"\n{profile.name}, batch {profile.ppo_batch_size} (PPO, mini-batches of {profile.ppo_mini_batch_size}, "
-          f"{profile.ppo_epochs} epochs) and {profile.dpo_batch_size} pairs (DPO), {torch.get_num_threads()} threads\n")
-    print(f"{max(1, args.steps - 1)} step(s) timed per run\n")
+          f"{profile.ppo_epochs} epochs) and {profile.dpo_batch_size} pairs (DPO), {torch.get_num_threads()} threads")
     if rows_out:
+        print(f"\n{max(1, args.steps - 1)} step(s) timed per run\n")
         print(pd.DataFrame(rows_out).set_index("run").to_markdown())
     if "sampling" in args.methods:
         sampling = sampling_seconds(profile, [row["dialogue"] for row in rows], args.sampling_repeats)
