@@ -8,7 +8,7 @@ with its DPO settings on the detox preference pairs, once per precision, into a 
 folder. Each step's seconds come from the run's own log (checkpoint writing excluded); the first
 step of each run is left out of the mean as warm-up. Under bf16 autocast PPO also samples from a
 bf16 copy of the policy with its adapter merged (`utils.ppo.sampling_model`); `sampling` times
-that part alone: one step's sampling (8 prompts, the profile's response length, copy included)
+that part alone: one step's sampling (the profile's batch of prompts and response length, copy included)
 from the float32 policy and from the copy, alternately, on the same prompts.
 Prints markdown tables: seconds per step, and the speed-up of bf16.
 """
@@ -102,10 +102,10 @@ def main() -> None:
         sampling = sampling_seconds(profile, [row["dialogue"] for row in rows], args.sampling_repeats)
         print(f"\nOne PPO step's sampling: {profile.ppo_batch_size} prompts, {profile.ppo_max_new_tokens} new tokens "
               f"each, median of {args.sampling_repeats} alternating rounds\n")
-        print(pd.DataFrame([{"sampling from": "the float32 policy" if dtype is None else "a merged bf16 copy",
+        print(pd.DataFrame([{"sampling from": "the float32 policy" if label == "float32" else "a merged bf16 copy",
                              "s": f"{seconds:.2f}",
-                             "speed-up": "" if dtype is None else f"{sampling['float32'] / seconds:.2f}x"}
-                            for (label, dtype), seconds in zip(PRECISIONS.items(), sampling.values())])
+                             "speed-up": "" if label == "float32" else f"{sampling['float32'] / seconds:.2f}x"}
+                            for label, seconds in sampling.items()])
               .set_index("sampling from").to_markdown())
 
 
