@@ -3,7 +3,8 @@
     .venv/bin/python bench/generation.py [--profile offline] [--examples 16] [--batch-size 8] [--shots 0]
         [--decode-steps 16] [--variants whole-prompts static-cache compiled bf16-weights bf16-autocast]
 
-Both runs, and the decode timing, compute in float32, as the notebooks generate on every machine.
+Both runs, and the decode timing, compute in float32, as the notebooks generate where the profile trains
+in float32; where it trains under bf16 autocast they generate from a bf16 copy, the `bf16-weights` variant.
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
 against the batched reading of the prompts alone (what batching cannot share out). Then the milliseconds of one decode step at the
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import platform
 import time
@@ -38,7 +38,7 @@ from utils.course import configure_threads
 from utils.data import fit_prompt, load_profile_data, prompts_for
 from utils.generation import generate
 from utils.metrics import rouge_best_and_mean
-from utils.models import context_window, load_model_and_tokenizer
+from utils.models import context_window, inference_copy, load_model_and_tokenizer
 from utils.profiles import get_profile
 
 
@@ -123,8 +123,9 @@ def main() -> None:
 
 
 def bf16_weights(model):
-    """A copy of the model with its weights in bf16 (inference only: training keeps float32 weights)."""
-    return copy.deepcopy(model).to(torch.bfloat16), {}, contextlib.nullcontext
+    """The copy with its weights in bf16 that the notebooks generate from where the profile trains under
+    bf16 autocast (utils.models.inference_copy; training keeps float32 weights)."""
+    return inference_copy(model, "bfloat16"), {}, contextlib.nullcontext
 
 
 def bf16_autocast(model):

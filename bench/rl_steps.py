@@ -7,7 +7,7 @@ Trains a fresh LoRA adapter on the profile's model with the profile's PPO settin
 with its DPO settings on the detox preference pairs, once per precision, into a temporary
 folder. Each step's seconds come from the run's own log (checkpoint writing excluded); the first
 step of each run is left out of the mean as warm-up. Under bf16 autocast PPO also samples from a
-bf16 copy of the policy with its adapter merged (`utils.ppo.sampling_model`); `sampling` times
+bf16 copy of the policy with its adapter merged (`utils.models.inference_copy`); `sampling` times
 that part alone: one step's sampling (the profile's batch of prompts and response length, copy included)
 from the float32 policy and from the copy, alternately, on the same prompts.
 Prints markdown tables: seconds per step, and the speed-up of bf16.

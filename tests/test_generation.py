@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from utils import generation
+from utils.adapters import add_lora, add_prompt_tuning, has_soft_prompt, soft_prompt
 from utils.generation import generate, prefix_cache, shared_prefix_inputs
-from utils.models import load_model_and_tokenizer
+from utils.models import inference_copy, load_model_and_tokenizer
+from utils.quantization import load_4bit_model
 from utils.profiles import get_profile
 from utils.prompts import encode
 
@@ -133,3 +135,67 @@ def test_prompts_that_start_alike_read_their_start_once_and_write_what_each_writ
     assert len(set(batched)) == len(prompts)  # the texts differ, so a mix-up would show
     # decoder-only: one batch of three shared its start; an encoder reads its whole input at once
     assert read_once == ([] if model.config.is_encoder_decoder else [3])
+
+
+# --- generating in bf16 from a copy ---------------------------------------------------------------
+
+
+def weights_of(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+
+def test_generating_in_bf16_uses_a_merged_bf16_copy_and_leaves_the_model_as_it_was(tiny_profile):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    model = add_lora(make_talkative(model), rank=4)
+    with torch.no_grad():  # an adapter that changes the outputs, as after training
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    before = weights_of(model)
+
+    copy = inference_copy(model, "bfloat16")
+    texts = generate(model, tokenizer, PROMPTS, batch_size=3, max_new_tokens=8, progress=False, precision="bfloat16")
+
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert not any("lora" in name for name, _ in copy.named_parameters())  # the adapter is merged in
+    assert texts == generate(copy, tokenizer, PROMPTS, batch_size=3, max_new_tokens=8, progress=False)
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())  # float32, untouched
+    assert inference_copy(model, None) is model
+    assert inference_copy(copy, "bfloat16") is copy  # already bf16: nothing to copy
+
+
+def test_a_bf16_copy_with_the_adapter_switched_off_is_the_base_model(tiny_profile):
+    model, _ = load_model_and_tokenizer(tiny_profile)
+    model = add_lora(make_talkative(model), rank=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    with model.disable_adapter():
+        switched_off = inference_copy(model, "bfloat16")
+    base_weights = {name.replace(".base_layer", ""): p for name, p in model.get_base_model().named_parameters()
+                    if "lora_" not in name}
+
+    copied = dict(switched_off.named_parameters())
+
+    assert copied.keys() == base_weights.keys()  # no adapter left, and none merged in:
+    assert all(torch.equal(base_weights[name].to(torch.bfloat16), p) for name, p in copied.items())
+
+
+def test_a_bf16_copy_of_a_soft_prompt_model_keeps_its_soft_prompt(tiny_profile):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    prompted = add_prompt_tuning(make_talkative(model), tokenizer, num_virtual_tokens=4)
+
+    copy = inference_copy(prompted, "bfloat16")
+    texts = generate(prompted, tokenizer, PROMPTS, batch_size=3, max_new_tokens=8, progress=False, precision="bfloat16")
+
+    assert has_soft_prompt(copy)
+    assert torch.equal(soft_prompt(copy), soft_prompt(prompted).to(torch.bfloat16))
+    assert len(texts) == len(PROMPTS) and all(isinstance(text, str) for text in texts)
+    assert {p.dtype for p in prompted.parameters()} == {torch.float32}
+
+
+def test_a_4bit_model_generates_from_itself(tiny_profile):
+    model = load_4bit_model(tiny_profile)
+
+    assert inference_copy(model, "bfloat16") is model  # 4-bit weights are not cast

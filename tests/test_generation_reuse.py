@@ -126,3 +126,13 @@ def test_without_a_reuse_folder_every_generation_runs(talkative_model):
     summaries(model, tokenizer)
 
     assert counter.calls == 4
+
+
+def test_the_precision_is_part_of_what_makes_two_generations_the_same(talkative_model, reusing):
+    model, tokenizer = talkative_model
+
+    summaries(model, tokenizer)
+    summaries(model, tokenizer, precision="bfloat16")
+    summaries(model, tokenizer, precision="bfloat16")
+
+    assert len(list(reusing.glob("*.json"))) == 2  # float32 and bf16 apart; the second bf16 one read back

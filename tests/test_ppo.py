@@ -9,7 +9,7 @@ from scripts.token_share_reward import TokenShareReward
 
 from utils.adapters import add_lora
 from utils.families import answer_logits_and_hidden
-from utils.models import load_model_and_tokenizer
+from utils.models import inference_copy, load_model_and_tokenizer
 from utils.ppo import (
     PolicyWithValueHead,
     PPOConfig,
@@ -17,7 +17,6 @@ from utils.ppo import (
     response_mask_until_eos,
     run_scaled_kl_horizon,
     sample_responses,
-    sampling_model,
     score_rollout,
     settings_with_reasons,
     train_ppo,
@@ -362,9 +361,11 @@ def test_under_bf16_autocast_a_merged_bf16_copy_samples_and_the_policy_is_left_a
     rollout = sample_responses(policy, tokenizer, PROMPTS[:4], SMALL)
     before = {name: parameter.clone() for name, parameter in policy.named_parameters()}
 
-    sampler = sampling_model(policy.model, bf16.autocast_dtype)
+    sampler = inference_copy(policy.model, bf16.autocast_dtype)
+    with policy.model.disable_adapter():
+        switched_off = inference_copy(policy.model, bf16.autocast_dtype)
 
-    assert sampling_model(policy.model, None) is policy.model  # float32 samples from the policy itself
+    assert inference_copy(policy.model, None) is policy.model  # float32 samples from the policy itself
     assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
     assert not any("lora" in name for name, _ in sampler.named_parameters())  # the adapter is merged in
     assert all(torch.equal(before[name], p) for name, p in policy.named_parameters())
@@ -381,6 +382,8 @@ def test_under_bf16_autocast_a_merged_bf16_copy_samples_and_the_policy_is_left_a
         without_adapter = logprobs(policy.model)
     rounding = (logprobs(sampler) - exact).abs().mean()
     assert rounding < 0.1 * (without_adapter - exact).abs().mean()  # the copy is the policy, not the reference
+    # A copy made with the adapter switched off leaves it out: it is the reference, not the policy.
+    assert (logprobs(switched_off) - without_adapter).abs().mean() < 0.1 * (without_adapter - exact).abs().mean()
     bf16_rollout = sample_responses(policy, tokenizer, PROMPTS[:4], bf16)
     assert bf16_rollout.response_ids.shape[0] == 4 and bf16_rollout.response_mask.sum() > 0
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from utils.generation import reuse_generations_in
-from utils.models import describe_model, resolve_device, resolve_dtype, training_precision
+from utils.models import autocast_dtype_name, describe_model, resolve_device, resolve_dtype, training_precision
 from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import require_hub_or_cache
 from utils.plumbing.results import record_result
@@ -91,6 +91,9 @@ def start(notebook: str) -> Course:
     print(f"Data    : {profile.data}" + (f"  (results in runs/{profile.run_name}/)" if profile.data_label else ""))
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')} weights, {threads} CPU threads")
     print(f"Training: {training_precision(profile)[1]}")
+    generation_dtype = autocast_dtype_name(profile)
+    print("Generate: " + (f"from a {generation_dtype} copy of the model, the dtype training computes in"
+                          if generation_dtype else "in the model's own dtype"))
     generations = runs_dir(profile.run_name) / "generations"
     reuse_generations_in(generations)
     print(f"Reuse   : trainings and generations already done with the same weights and settings, from "

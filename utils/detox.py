@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.dpo import DPOConfig, PreferencePairs
 from utils.generation import generate
 from utils.models import autocast_dtype_name
-from utils.ppo import PPOConfig, run_scaled_kl_horizon, sampling_model
+from utils.ppo import PPOConfig, run_scaled_kl_horizon
 from utils.profiles import Profile
 from utils.training import TrainingRun
 
@@ -110,16 +110,15 @@ def sample_summaries(
 
     Each seed fixes the random numbers of a whole pass, so the same model gives the same
     texts again, and two models are compared on the same seeds. Under `config.autocast_dtype` the
-    samples come from a merged copy in that dtype, as PPO's do (`utils.ppo.sampling_model`).
+    samples come from a merged copy in that dtype, as PPO's do (`utils.models.inference_copy`).
     """
-    sampler = sampling_model(model, config.autocast_dtype)
     columns = []
     for seed in seeds:
         torch.manual_seed(seed)
         columns.append(generate(
-            sampler, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=config.max_new_tokens,
+            model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=config.max_new_tokens,
             do_sample=True, top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
-            description=f"{description} (seed {seed})",
+            precision=config.autocast_dtype, description=f"{description} (seed {seed})",
         ))
     return [list(row) for row in zip(*columns)]
 

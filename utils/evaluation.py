@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.data import batches, prompts_for, tokenize_for_training
 from utils.generation import generate
 from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
+from utils.models import autocast_dtype_name
 from utils.profiles import Profile
 from utils.prompts import DEFAULT_TEMPLATE
 
@@ -24,9 +25,14 @@ def summarize(
     description: str = "Summarizing",
     **generation_kwargs,
 ) -> list[str]:
-    """One generated summary per dialogue (greedy unless told otherwise)."""
+    """One generated summary per dialogue (greedy unless told otherwise).
+
+    Generated in the precision the profile trains in (`precision="bfloat16"` where it trains under
+    bf16 autocast, see utils.generation.generate_ids); `precision=None` generates in the model's own.
+    """
     prompts = prompts_for(list(dialogues), tokenizer, profile, template)
     generation_kwargs.setdefault("max_new_tokens", profile.max_new_tokens)
+    generation_kwargs.setdefault("precision", autocast_dtype_name(profile))
     return generate(model, tokenizer, prompts, batch_size=profile.eval_batch_size, description=description,
                     **generation_kwargs)
 

@@ -32,7 +32,7 @@ from utils.adapters import add_lora
 from utils.benchmarks import BENCHMARK_DIR, BenchmarkComparison, compare_correctness
 from utils.data import read_rows, tokenize_pairs
 from utils.generation import generate
-from utils.models import load_model_and_tokenizer
+from utils.models import autocast_dtype_name, load_model_and_tokenizer
 from utils.plumbing.files import DATA_DIR
 from utils.profiles import Profile
 from utils.prompts import model_input
@@ -86,11 +86,13 @@ class ProbeResult:
 def short_answer_probe(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile, limit: int | None = None
 ) -> ProbeResult:
-    """Greedy short answers to the benchmark's questions (without their choices), each judged right or wrong."""
+    """Greedy short answers to the benchmark's questions (without their choices), each judged right or wrong.
+
+    Generated in the profile's training precision, as `utils.evaluation.summarize` does."""
     rows = read_rows(PROBE_FILE)[:limit]
     prompts = [question_prompt(tokenizer, profile, row["question"]) for row in rows]
     answers = generate(model, tokenizer, prompts, batch_size=profile.eval_batch_size, max_new_tokens=ANSWER_TOKENS,
-                       progress=False)
+                       precision=autocast_dtype_name(profile), progress=False)
     return ProbeResult([row["id"] for row in rows], [row["question"] for row in rows], answers,
                        [judge(answer, row["choices"], row["answer"]) for answer, row in zip(answers, rows)])
 

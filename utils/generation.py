@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import families
 from utils.adapters import has_soft_prompt
 from utils.families import generated_answer, prompt_padding_side, prompts_can_share_a_prefix
-from utils.models import weights_fingerprint
+from utils.models import inference_copy, weights_fingerprint
 from utils.plumbing.reuse import keep_for_reuse, reused
 from utils.plumbing.run_state import fingerprint
 from utils.prompts import encode
@@ -54,6 +54,7 @@ def generate_ids(
     progress: bool = True,
     description: str = "Generating",
     share_prompt_start: bool = True,
+    precision: str | None = None,
     **generation_kwargs,
 ) -> list[list[int]]:
     """The new token ids of one continuation per prompt, in the prompts' order, up to (without) the end token.
@@ -62,7 +63,9 @@ def generate_ids(
     on the left so every prompt ends right where generation starts, and the start that all
     prompts of a batch share (the chat template and instruction, few-shot examples) is read once
     for the batch (`shared_prefix_inputs`; `share_prompt_start=False` reads every prompt whole),
-    with the same greedy output. Greedy unless
+    with the same greedy output. `precision` "bfloat16" generates from a copy of the model in bf16
+    (`utils.models.inference_copy`: faster where the hardware computes bf16 natively; greedy
+    outputs may differ from float32's by rounding); None generates from `model` as it is. Greedy unless
     `generation_kwargs` say otherwise (do_sample=True...). A model with a soft prompt (PEFT
     prompt tuning) gets it prepended as embeddings, see `soft_prompt_inputs`.
     """
@@ -71,10 +74,10 @@ def generate_ids(
     generation_kwargs.setdefault("do_sample", False)
     generation_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     if _reuse_folder is None:
-        return _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
-                             share_prompt_start, generation_kwargs)
+        return _generate_ids(inference_copy(model, precision), tokenizer, prompts, batch_size, max_new_tokens,
+                             progress, description, share_prompt_start, generation_kwargs)
     key = generation_fingerprint(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 share_prompt_start=share_prompt_start, **generation_kwargs)
+                                 share_prompt_start=share_prompt_start, precision=precision, **generation_kwargs)
     record = reused(_reuse_folder, key)
     if record is not None:
         if progress:
@@ -82,8 +85,8 @@ def generate_ids(
         if record["random_state_after"] is not None:
             _set_random_state(record["random_state_after"])
         return record["token_ids"]
-    outputs = _generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, progress, description,
-                            share_prompt_start, generation_kwargs)
+    outputs = _generate_ids(inference_copy(model, precision), tokenizer, prompts, batch_size, max_new_tokens,
+                            progress, description, share_prompt_start, generation_kwargs)
     keep_for_reuse(_reuse_folder, key, {
         "description": description, "prompts": len(prompts), "token_ids": outputs,
         "random_state_after": _random_state(model) if generation_kwargs["do_sample"] else None,

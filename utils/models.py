@@ -152,6 +152,28 @@ def autocast(device: torch.device, dtype_name: str | None) -> contextlib.Abstrac
     return torch.autocast(device.type, dtype=getattr(torch, dtype_name))
 
 
+def inference_copy(model: torch.nn.Module, dtype_name: str | None) -> torch.nn.Module:
+    """The network to generate from in `dtype_name` ("bfloat16"): a copy with every weight cast once.
+
+    Under autocast a LoRA model's frozen weights are cast again at every generated token (autocast
+    keeps the casts of trained weights only), so generation in bf16 goes through a copy instead:
+    a LoRA adapter merged into it (left out if switched off), a soft prompt kept and cast with
+    the rest. `model` itself when `dtype_name` is None, when its weights already are in that dtype,
+    or when it is quantized (4-bit weights are not cast). `model` is left as it was.
+    """
+    if dtype_name is None:
+        return model
+    dtype = getattr(torch, dtype_name)
+    weights = [p for p in model.parameters() if p.is_floating_point()]
+    if any(hasattr(p, "quant_state") for p in model.parameters()) or all(p.dtype == dtype for p in weights):
+        return model
+    copied = copy.deepcopy(model)
+    if hasattr(copied, "get_base_model") and not has_soft_prompt(copied):
+        switched_off, _ = _base_when_adapters_are_off(copied)
+        copied = copied.unload() if switched_off is not None else copied.merge_and_unload()
+    return copied.to(dtype).eval()
+
+
 def describe_model(profile: Profile) -> str:
     """Human-readable name of the profile's model."""
     names = {

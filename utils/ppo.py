@@ -18,7 +18,6 @@ it through `reward_prompts`: one text per prompt, passed as `reward_fn(texts, pr
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import random
@@ -37,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
-from utils.models import autocast
+from utils.models import autocast, inference_copy
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
@@ -243,23 +242,6 @@ def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: Sequence[int]) 
     return (eos_before == 0).long()
 
 
-def sampling_model(model: PreTrainedModel, autocast_dtype: str | None) -> PreTrainedModel:
-    """The network that samples: `model` itself in float32 (None), or a copy of it in `autocast_dtype`.
-
-    Under autocast a LoRA model's frozen weights are cast again at every sampled token (autocast
-    keeps the casts of trained weights only). The copy has the adapter merged and every weight cast
-    once, so it decodes faster (bench/rl_steps.py times both). It samples from the policy's
-    distribution up to bf16 rounding, like the autocast passes that score the samples afterwards:
-    the ratios and the KL penalty come from those passes, as in float32.
-    """
-    if autocast_dtype is None:
-        return model
-    merged = copy.deepcopy(model)
-    if isinstance(merged, PeftModel):
-        merged = merged.merge_and_unload()
-    return merged.to(getattr(torch, autocast_dtype)).eval()
-
-
 @torch.no_grad()
 def sample_responses(
     policy: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: PPOConfig
@@ -268,9 +250,10 @@ def sample_responses(
 
     Padding as in utils.generation: decoder-only prompts on the left, so every prompt ends
     where its response starts; encoder-decoder prompts on the right. Under autocast the samples
-    come from a merged copy of the policy in the autocast dtype (`sampling_model`).
+    come from a merged copy of the policy in the autocast dtype (`utils.models.inference_copy`): the
+    log-probabilities, ratios and KL penalty still come from the autocast passes over the policy.
     """
-    model = sampling_model(policy.model, config.autocast_dtype)
+    model = inference_copy(policy.model, config.autocast_dtype)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = prompt_padding_side(policy.is_encoder_decoder)
     try:
