@@ -294,7 +294,8 @@ def offline_export(tmp_path_factory):
                 if "lora_B" in name:  # zero when trained from scratch: the adapter would change nothing
                     parameter.copy_(0.03 * torch.randn(parameter.shape, generator=draw))
         finished_run_folder(profile, f"lora-r{profile.lora_rank}", model)
-        summary = summarize(model, tokenizer, profile, [dialogue], progress=False, max_new_tokens=GGUF_NEW_TOKENS)[0]
+        summary = summarize(model, tokenizer, profile, [dialogue], progress=False, max_new_tokens=GGUF_NEW_TOKENS,
+                            precision=None)[0]  # float32, as the GGUF is read back
         logits = next_token_logits(model, tokenizer, prompt)
         assert export("lora", folder, "--gguf") == 0
     yield profile, tokenizer, summary, logits, base_logits, prompt, folder
