@@ -1,5 +1,6 @@
 """Batched generation returns one text per prompt, in order, and leaves model and tokenizer as it found them."""
 
+import bitsandbytes as bnb
 import pytest
 import torch
 
@@ -7,7 +8,7 @@ from utils import generation
 from utils.adapters import add_lora, add_prompt_tuning, has_soft_prompt, soft_prompt
 from utils.generation import generate, prefix_cache, shared_prefix_inputs
 from utils.models import inference_copy, load_model_and_tokenizer
-from utils.quantization import load_4bit_model
+from utils.quantization import add_qlora, load_4bit_model
 from utils.profiles import get_profile
 from utils.prompts import encode
 
@@ -195,7 +196,39 @@ def test_a_bf16_copy_of_a_soft_prompt_model_keeps_its_soft_prompt(tiny_profile):
     assert {p.dtype for p in prompted.parameters()} == {torch.float32}
 
 
-def test_a_4bit_model_generates_from_itself(tiny_profile):
-    model = load_4bit_model(tiny_profile)
+def adapted_4bit_model(profile):
+    """A 4-bit model with a LoRA adapter that changes its outputs, as after training, and its first adapted layer."""
+    model = add_qlora(load_4bit_model(profile), profile, rank=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    name, layer = next((name, module) for name, module in model.get_base_model().named_modules()
+                       if hasattr(module, "lora_A"))
+    return model, name, layer
 
-    assert inference_copy(model, "bfloat16") is model  # 4-bit weights are not cast
+
+def dequantized(linear_4bit):
+    return bnb.functional.dequantize_4bit(linear_4bit.weight.data, linear_4bit.weight.quant_state)
+
+
+def test_a_4bit_model_on_the_cpu_generates_from_a_dequantized_bf16_copy_with_its_adapter_merged(tiny_profile):
+    model, name, layer = adapted_4bit_model(tiny_profile)
+    expected = (dequantized(layer.base_layer) + layer.get_delta_weight("default")).to(torch.bfloat16)
+
+    copy = inference_copy(model, "bfloat16")
+
+    assert not any(isinstance(module, bnb.nn.Linear4bit) for module in copy.modules())
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert not any("lora" in parameter_name for parameter_name, _ in copy.named_parameters())
+    assert torch.equal(copy.get_submodule(name).weight, expected)  # merged in float32, not rounded to 4 bits
+    assert isinstance(layer.base_layer, bnb.nn.Linear4bit)  # the model itself is still 4-bit
+
+
+def test_a_4bit_copy_with_the_adapter_switched_off_is_the_dequantized_base(tiny_profile):
+    model, name, layer = adapted_4bit_model(tiny_profile)
+
+    with model.disable_adapter():
+        copy = inference_copy(model, "bfloat16")
+
+    assert torch.equal(copy.get_submodule(name).weight, dequantized(layer.base_layer).to(torch.bfloat16))

@@ -33,7 +33,7 @@ from utils.prompts import encode
 
 _reuse_folder: Path | None = None  # where generations are kept for reuse; None: always generate
 # Part of every reuse fingerprint: bump it when a change here can change what is generated.
-GENERATION_CODE_VERSION = 1
+GENERATION_CODE_VERSION = 2
 # A common start shorter than this is not worth its own forward pass (a chat template's system turn is longer).
 MIN_SHARED_PREFIX_TOKENS = 16
 

@@ -28,6 +28,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.utils import logging as transformers_logging
 
 from utils.adapters import has_soft_prompt
 from utils.families import auto_model_class
@@ -158,20 +159,61 @@ def inference_copy(model: torch.nn.Module, dtype_name: str | None) -> torch.nn.M
     Under autocast a LoRA model's frozen weights are cast again at every generated token (autocast
     keeps the casts of trained weights only), so generation in bf16 goes through a copy instead:
     a LoRA adapter merged into it (left out if switched off), a soft prompt kept and cast with
-    the rest. `model` itself when `dtype_name` is None, when its weights already are in that dtype,
-    or when it is quantized (4-bit weights are not cast). `model` is left as it was.
+    the rest. A 4-bit model on the CPU is copied with its weights dequantized once (bitsandbytes has
+    no fast 4-bit kernels there: it would dequantize every layer at every token); on a GPU it
+    generates as it is, 4-bit, since memory is why it is 4-bit. `model` itself when `dtype_name` is
+    None or when its weights already are in that dtype. `model` is left as it was.
     """
     if dtype_name is None:
         return model
     dtype = getattr(torch, dtype_name)
     weights = [p for p in model.parameters() if p.is_floating_point()]
-    if any(hasattr(p, "quant_state") for p in model.parameters()) or all(p.dtype == dtype for p in weights):
+    quantized = any(hasattr(p, "quant_state") for p in model.parameters())
+    if (quantized and model.device.type != "cpu") or (not quantized and all(p.dtype == dtype for p in weights)):
         return model
     copied = copy.deepcopy(model)
+    if quantized:
+        _dequantize_4bit_layers(copied)
     if hasattr(copied, "get_base_model") and not has_soft_prompt(copied):
         switched_off, _ = _base_when_adapters_are_off(copied)
-        copied = copied.unload() if switched_off is not None else copied.merge_and_unload()
+        if switched_off is not None:
+            copied = copied.unload()
+        elif quantized:  # PEFT's merge would quantize each sum back to 4 bits
+            _merge_lora_into_base_layers(copied)
+            copied = copied.unload()
+        else:
+            copied = copied.merge_and_unload()
     return copied.to(dtype).eval()
+
+
+def _dequantize_4bit_layers(model: torch.nn.Module) -> None:
+    """Turn every 4-bit linear layer of `model` (a PEFT model's too) into a plain one with its weight dequantized.
+
+    transformers' own `dequantize`, which also clears the model's quantization settings; its notice
+    of the dtype is silenced, since the copy is cast next.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        base.dequantize()
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+@torch.no_grad()
+def _merge_lora_into_base_layers(model: torch.nn.Module) -> None:
+    """Add each LoRA layer's active adapters to its base layer's plain weight; `unload()` then drops the adapters.
+
+    For a 4-bit model after `_dequantize_4bit_layers`: PEFT's own merge of a 4-bit layer quantizes the
+    sum back to 4 bits, which rounds most of a small adapter away.
+    """
+    for layer in model.modules():
+        if hasattr(layer, "lora_A") and not layer.disable_adapters:
+            base = layer.get_base_layer()
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    base.weight += layer.get_delta_weight(adapter).to(base.weight.dtype)
 
 
 def describe_model(profile: Profile) -> str:
