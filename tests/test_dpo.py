@@ -2,12 +2,13 @@
 
 import math
 from dataclasses import replace
+from unittest.mock import patch
 
 import pytest
 import torch
 
 from utils.adapters import add_lora
-from utils.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
+from utils.dpo import DPOConfig, PreferencePairs, dpo_loss, dpo_step, pair_tensors, sequence_logprobs, train_dpo
 from utils.models import load_model_and_tokenizer
 from utils.profiles import get_profile
 from utils.prompts import encode
@@ -156,6 +157,30 @@ def test_a_longer_dpo_rerun_resumes_and_matches_a_run_never_interrupted(tiny_pro
     assert "Resuming from step 2" in capsys.readouterr().out and resumed.resumed_from == 2
     without_time = [[{k: v for k, v in r.items() if k != "seconds"} for r in run.history] for run in (resumed, straight)]
     assert without_time[0] == without_time[1]
+
+
+def test_a_pair_read_again_reuses_the_reference_log_probabilities_of_its_first_reading(tiny_profile):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    model = add_lora(model, rank=4)
+    pairs = detox_pairs(3)
+    config = DPOConfig(batch_size=2, learning_rate=1e-2, max_response_tokens=24)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    reference = {}
+
+    dpo_step(model, tokenizer, optimizer, pairs, [0, 1], config, reference)
+    first = {i: list(logps) for i, logps in reference.items()}
+    with patch.object(type(model), "disable_adapter", side_effect=AssertionError("the reference ran again")):
+        dpo_step(model, tokenizer, optimizer, pairs, [1, 0], config, reference)  # both known: no reference pass
+    dpo_step(model, tokenizer, optimizer, pairs, [2, 0], config, reference)  # pair 2 is new
+
+    assert set(first) == {0, 1} and set(reference) == {0, 1, 2}
+    assert all(reference[i] == first[i] for i in first)  # kept from the first reading
+    with torch.no_grad(), model.disable_adapter():  # the reference it kept is the adapter switched off
+        is_encoder_decoder = model.config.is_encoder_decoder
+        tensors = pair_tensors(tokenizer, pairs, [2], is_encoder_decoder, 24)
+        start = model.config.decoder_start_token_id if is_encoder_decoder else None
+        again = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    assert again.tolist() == pytest.approx(reference[2], abs=1e-4)
 
 
 def test_pairs_without_one_chosen_and_one_rejected_response_per_prompt_are_refused():

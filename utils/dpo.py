@@ -144,16 +144,27 @@ def pair_tensors(
 
 
 def dpo_step(model: PeftModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
-             pairs: PreferencePairs, rows: list[int], config: DPOConfig) -> dict:
-    """One optimizer step on the pairs `rows`; returns the step's log record (without "step" and "seconds")."""
+             pairs: PreferencePairs, rows: list[int], config: DPOConfig,
+             reference_logprobs: dict[int, list[float]] | None = None) -> dict:
+    """One optimizer step on the pairs `rows`; returns the step's log record (without "step" and "seconds").
+
+    `reference_logprobs` maps a pair's index to log pi_ref of its [chosen, rejected] responses. The
+    reference never changes, so they are computed the first time a pair is read, kept there, and
+    read back whenever the pair comes again (None: computed every step).
+    """
     is_encoder_decoder = model.config.is_encoder_decoder
     start = model.config.decoder_start_token_id if is_encoder_decoder else None
     tensors = [t.to(model.device) for t in pair_tensors(tokenizer, pairs, rows, is_encoder_decoder,
                                                          config.max_response_tokens)]
+    known = {} if reference_logprobs is None else reference_logprobs
     with autocast(model.device, config.autocast_dtype):
-        with torch.no_grad(), model.disable_adapter():
-            ref_logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+        if any(i not in known for i in rows):
+            with torch.no_grad(), model.disable_adapter():
+                computed = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+            for i, chosen, rejected in zip(rows, *computed.chunk(2)):
+                known.setdefault(i, [chosen.item(), rejected.item()])
         logps = sequence_logprobs(model, is_encoder_decoder, *tensors, start)
+    ref_logps = torch.tensor([known[i][0] for i in rows] + [known[i][1] for i in rows], device=model.device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=config.beta)
     optimizer.zero_grad()
     loss.backward()
@@ -224,7 +235,7 @@ def load_checkpoint(folder: Path, model: PeftModel, optimizer: torch.optim.Optim
 
 
 def read_state(checkpoint: Path) -> dict:
-    """The run state (step, history, RNG) a checkpoint holds."""
+    """The run state (step, history, RNG, the reference's log-probabilities so far) a checkpoint holds."""
     return json.loads((checkpoint / CHECKPOINT_STATE).read_text(encoding="utf-8"))
 
 
@@ -241,6 +252,7 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     history: list[dict] = []
+    reference_logprobs: dict[int, list[float]] = {}  # by pair: the reference's, computed once (dpo_step)
     start_step = 0
     last, state, finished = run.resume_point(config.steps, CHECKPOINT_STATE)
     if finished is not None:
@@ -252,6 +264,7 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
         load_checkpoint(last, model, optimizer)
         print(f"Resuming from step {state['step']}")
         start_step, history = state["step"], state["history"]
+        reference_logprobs = {int(i): logps for i, logps in state.get("reference_logprobs", {}).items()}
         restore_rng_state(state["rng"])
     else:
         torch.manual_seed(config.seed)
@@ -265,13 +278,14 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
         for step in progress:
             started = time.perf_counter()
             rows = prompt_indices(len(pairs), config.batch_size, step, config.seed)
-            record = {"step": step + 1, **dpo_step(model, tokenizer, optimizer, pairs, rows, config)}
+            record = {"step": step + 1, **dpo_step(model, tokenizer, optimizer, pairs, rows, config, reference_logprobs)}
             record["seconds"] = time.perf_counter() - started
             history.append(record)
             progress.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['margin']:.2f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 checkpoint = run.checkpoint_folder(step + 1)
-                save_checkpoint(checkpoint, model, optimizer, {"step": step + 1, "history": history, "rng": rng_state()})
+                save_checkpoint(checkpoint, model, optimizer, {"step": step + 1, "history": history, "rng": rng_state(),
+                                                               "reference_logprobs": reference_logprobs})
                 run.keep_only(checkpoint)
     run.finish({"steps": config.steps, "peak_memory_mb": memory.peak_mb})
     return DPOResult(model, output_dir, history, reused=False, resumed_from=start_step, peak_memory_mb=memory.peak_mb)
