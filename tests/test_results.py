@@ -1,6 +1,7 @@
 """runs/<profile>/results.json records what each notebook measured; REPORT.md shows it."""
 
 import json
+import time
 
 import pytest
 
@@ -88,6 +89,29 @@ def test_write_report_without_results_says_so():
     report = write_report("tiny").read_text(encoding="utf-8")
 
     assert "No results recorded yet." in report
+
+
+def test_the_report_gives_each_notebook_the_machine_speed_measured_before_and_after_it(isolated_runs):
+    (isolated_runs / "tiny").mkdir(parents=True, exist_ok=True)
+    status = {"01_prompting": {"status": "done", "seconds": 92.4, "machine": "a CPU",
+                               "matmul_gflops_before_after": [231.4, 118.9]},
+              "02_full_fine_tuning": {"status": "done", "seconds": 225.0, "machine": "a CPU"}}  # from before speeds
+    (isolated_runs / "tiny" / "status.json").write_text(json.dumps(status))
+
+    report = write_report("tiny").read_text(encoding="utf-8")
+
+    assert "| 01_prompting | done | 92 |  | a CPU | 231 / 119 |" in report
+    assert "| 02_full_fine_tuning | done | 225 |  | a CPU |  |" in report
+
+
+def test_the_machine_speed_is_a_positive_sustained_rate():
+    from utils.plumbing.measure import matrix_product_gflops
+
+    started = time.perf_counter()
+    speed = matrix_product_gflops(seconds=0.2, size=128)
+
+    assert 0 < speed < 1e5  # GFLOP/s: more than nothing, less than any CPU
+    assert time.perf_counter() - started >= 0.2  # it kept multiplying for the time asked
 
 
 def test_results_json_stays_valid_json_with_an_infinite_value():

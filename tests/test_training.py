@@ -164,7 +164,8 @@ def test_after_mixed_precision_training_the_model_computes_in_float32_as_when_lo
     hook = first_linear.register_forward_hook(lambda module, inputs, output: computed.add(output.dtype))
 
     with torch.no_grad():
-        model(**tokenizer(["A dialogue."], return_tensors="pt"), labels=tokenizer(["A summary."], return_tensors="pt")["input_ids"])
+        labels = tokenizer(["A summary."], return_tensors="pt")["input_ids"]
+        model(**tokenizer(["A dialogue."], return_tensors="pt"), labels=labels)
     hook.remove()
 
     assert computed == {torch.float32}  # accelerate's autocast wrapper is gone

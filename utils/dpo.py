@@ -278,7 +278,8 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
         for step in progress:
             started = time.perf_counter()
             rows = prompt_indices(len(pairs), config.batch_size, step, config.seed)
-            record = {"step": step + 1, **dpo_step(model, tokenizer, optimizer, pairs, rows, config, reference_logprobs)}
+            record = {"step": step + 1,
+                      **dpo_step(model, tokenizer, optimizer, pairs, rows, config, reference_logprobs)}
             record["seconds"] = time.perf_counter() - started
             history.append(record)
             progress.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['margin']:.2f}")

@@ -141,13 +141,16 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
     status_path = folder / "status.json"
     if status_path.exists():
         status = json.loads(status_path.read_text(encoding="utf-8"))
-        lines += ["## Notebooks", "", "| notebook | status | seconds | slowest cells (number: seconds) | machine |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Notebooks", "", "| notebook | status | seconds | slowest cells (number: seconds) | machine | "
+                  "its speed before / after (GFLOP/s) |", "|---|---|---|---|---|---|"]
         for name, entry in sorted(status.items()):
             slowest = ", ".join(f"{c['cell']}: {c['seconds']:.0f}" for c in entry.get("slowest_cells", []))
+            speed = " / ".join(f"{value:.0f}" for value in entry.get("matmul_gflops_before_after", []))
             lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', 0):.0f} | {slowest} | "
-                         f"{entry.get('machine', '')} |")
-        lines.append("")
+                         f"{entry.get('machine', '')} | {speed} |")
+        lines += ["", "Speed: float32 512 x 512 matrix products for a second, just before and just after the "
+                  "notebook (`utils.plumbing.measure.matrix_product_gflops`). Shared machines speed up and slow "
+                  "down; compare two runs' seconds with their speeds in mind.", ""]
     if not records:
         lines.append("No results recorded yet.")
     else:

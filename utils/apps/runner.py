@@ -19,6 +19,7 @@ from traitlets.config import Config
 
 from utils.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
 from utils.plumbing.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
+from utils.plumbing.measure import matrix_product_gflops
 from utils.profiles import Profile
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -132,10 +133,13 @@ def run_course(profile: Profile, selected: list[str] | None = None, redo: bool =
             print(f"{path.stem}: already done in runs/{profile.run_name} (make run REDO=1 to run it again)")
             continue
         print(f"{path.stem}: running in profile {profile.run_name}...", flush=True)
+        speed_before = matrix_product_gflops()
         ok, seconds, error = run_notebook(path, profile)
+        speed_after = matrix_product_gflops()
         executed = executed_notebook(profile, path.name)
         status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path),
                              "machine": machine_summary(),
+                             "matmul_gflops_before_after": [round(speed_before, 1), round(speed_after, 1)],
                              "slowest_cells": slowest_cells(executed) if executed is not None else []}
         write_json_atomic(status_path, status)
         print(f"{path.stem}: {'done' if ok else 'FAILED: ' + error} in {seconds:.0f} s", flush=True)

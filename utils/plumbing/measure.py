@@ -62,3 +62,18 @@ def full_finetuning_memory_mb(model: torch.nn.Module) -> dict[str, float]:
     bytes_each = next(model.parameters()).element_size()
     megabytes = parameters * bytes_each / 2**20
     return {"weights": megabytes, "gradients": megabytes, "optimizer states": 2 * megabytes}
+
+
+def matrix_product_gflops(seconds: float = 1.0, size: int = 512) -> float:
+    """How fast this machine multiplies right now: float32 `size` x `size` products for about `seconds`, in GFLOP/s.
+
+    A sustained rate, not a best case. Shared machines speed up and slow down, by up to two times
+    between runs here; measured before and after a notebook, it says how fast the machine was meanwhile.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # the first product pays for allocations
+    products, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        a @ b
+        products += 1
+    return 2 * size**3 * products / elapsed / 1e9
