@@ -46,7 +46,7 @@ def main() -> None:
     rows = {}
     for rank in args.ranks or profile.sweep_ranks:
         candidate, _ = load_model_and_tokenizer(profile)
-        candidate = add_lora(candidate, rank=rank)
+        candidate = add_lora(candidate, rank=rank, dropout=profile.lora_dropout)
         name = f"bench-sweep-r{rank}" + (f"-{args.optimizer}" if args.optimizer else "")
         name += "-validated" if args.validate else ""
         result = training.train(candidate, tokenizer, profile, name, sweep_train, validation, profile.peft_learning_rate)

@@ -12,6 +12,7 @@ from utils.adapters import (
     train_last_blocks_only,
 )
 from utils.models import count_parameters, load_model_and_tokenizer
+from utils.profiles import get_profile
 
 
 def test_lora_trains_only_the_low_rank_matrices_on_query_and_value(tiny_model_and_tokenizer):
@@ -24,6 +25,22 @@ def test_lora_trains_only_the_low_rank_matrices_on_query_and_value(tiny_model_an
     assert trainable_names and all("lora_" in name for name in trainable_names)
     assert all(any(f".{target}." in name for target in attention_targets(model)) for name in trainable_names)
     assert count_parameters(wrapped)[0] < total / 10
+
+
+@pytest.mark.parametrize("dropout, drawn", [(0.05, True), (0.0, False)])
+def test_lora_dropout_draws_random_masks_while_training_only_when_above_zero(tiny_profile, dropout, drawn):
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    wrapped = add_lora(model, rank=2, dropout=dropout).train()
+    lora_input = next(m for name, m in wrapped.named_modules() if name.endswith("lora_dropout.default"))
+    x = torch.ones(4, 64)
+
+    assert (not torch.equal(lora_input(x), x)) is drawn
+    assert torch.equal(lora_input.eval()(x), x)
+
+
+def test_the_offline_profile_trains_lora_without_dropout_and_the_online_ones_with_the_labs():
+    assert get_profile("offline").lora_dropout == 0.0
+    assert get_profile("colab").lora_dropout == get_profile("gpu").lora_dropout == 0.05
 
 
 def test_lora_on_all_linear_layers_adapts_every_linear_layer_but_the_output_head(tiny_model_and_tokenizer):

@@ -309,6 +309,21 @@ def test_the_logits_of_a_response_are_those_it_was_sampled_from(tiny_profile):
     torch.testing.assert_close(logits, sampled_from, atol=1e-4, rtol=1e-4)
 
 
+def test_a_mini_batch_of_short_prompts_reads_less_padding_and_gets_the_same_logits(tiny_profile):
+    policy, tokenizer = make_policy(tiny_profile, weight_scale=3.0)
+    long_first = [DIALOGUES[0] * 3, *DIALOGUES[1:3]]
+    rollout = sample_responses(policy, tokenizer, [instruction(d) for d in long_first], SMALL)
+
+    short_ones = rollout.select(torch.tensor([1, 2]))
+
+    assert short_ones.query_ids.shape[1] == rollout.query_mask[1:].sum(dim=1).max() < rollout.query_ids.shape[1]
+    assert short_ones.response_ids.shape == rollout.response_ids[1:].shape
+    with torch.no_grad():
+        whole_batch, _ = policy(*rollout.tensors())
+        mini_batch, _ = policy(*short_ones.tensors())
+    torch.testing.assert_close(mini_batch, whole_batch[1:], atol=1e-4, rtol=1e-4)
+
+
 def test_reference_is_the_base_model_and_equals_the_policy_until_it_trains(tiny_profile, tmp_path):
     policy, tokenizer = make_policy(tiny_profile)
     base_model, _ = load_model_and_tokenizer(tiny_profile)  # an untouched copy, for comparison only

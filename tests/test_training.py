@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from utils.adapters import add_lora
 from utils.data import load_profile_data, tokenize_for_training, training_collator
 from utils.metrics import perplexity
 from utils.models import load_model_and_tokenizer
@@ -94,6 +95,19 @@ def test_a_different_learning_rate_is_not_taken_for_the_finished_run(tiny_profil
     _, other_run = fresh_training(tiny_profile, learning_rate=HIGH_LEARNING_RATE / 3)
 
     assert other_run.reused is False
+
+
+def test_an_adapter_trained_with_other_dropout_is_not_taken_for_the_finished_run(tiny_profile):
+    def lora_training(dropout):
+        model, tokenizer = load_model_and_tokenizer(tiny_profile)
+        train_set, eval_set = small_data(tiny_profile, tokenizer)
+        return train(add_lora(model, rank=2, dropout=dropout), tokenizer, tiny_profile, "lora", train_set, eval_set,
+                     learning_rate=HIGH_LEARNING_RATE)
+
+    lora_training(0.05)
+
+    assert lora_training(0.05).reused is True
+    assert lora_training(0.0).reused is False
 
 
 def test_a_different_learning_rate_trains_from_the_start(tiny_profile):

@@ -87,10 +87,14 @@ def train_last_blocks_only(model: PreTrainedModel, blocks: int = FEATURE_EXTRACT
 
 def add_lora(
     model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default",
-    targets: str = "attention", seed: int = ADAPTER_SEED,
+    targets: str = "attention", seed: int = ADAPTER_SEED, dropout: float = 0.05,
 ) -> PeftModel:
-    """Freeze `model` and attach a trainable LoRA adapter on `targets` (its A matrices drawn from `seed`)."""
-    return _seeded_peft_model(model, lora_config(model, rank, alpha, targets=targets), adapter_name, seed)
+    """Freeze `model` and attach a trainable LoRA adapter on `targets` (its A matrices drawn from `seed`).
+
+    `dropout` zeroes that share of the adapter's input while training (the notebooks pass the
+    profile's `lora_dropout`); evaluation, PPO and DPO run without it.
+    """
+    return _seeded_peft_model(model, lora_config(model, rank, alpha, dropout, targets), adapter_name, seed)
 
 
 def prompt_tuning_config(

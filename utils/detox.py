@@ -44,7 +44,7 @@ def fine_tuned_summarizer(profile: Profile) -> tuple[PreTrainedModel, PreTrained
     data = load_profile_data(profile)
     train_set = tokenize_for_training(data["train"], tokenizer, profile)
     validation_set = tokenize_for_training(data["validation"], tokenizer, profile)
-    model = add_lora(model, rank=profile.lora_rank)
+    model = add_lora(model, rank=profile.lora_rank, dropout=profile.lora_dropout)
     run = train(model, tokenizer, profile, f"lora-r{profile.lora_rank}", train_set, validation_set,
                 profile.peft_learning_rate)
     return model.merge_and_unload().eval(), tokenizer, run

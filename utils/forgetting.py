@@ -162,8 +162,8 @@ def train_for_forgetting(
         main_run = main_data and (epochs, rate) == (profile.epochs, profile.peft_learning_rate)
         if main_run:
             name = f"lora-r{rank}"  # notebook 03's main adapter
-        return train(add_lora(model, rank=rank), tokenizer, profile, name, summaries, validation if main_run else None,
-                     rate, epochs=epochs)
+        adapted = add_lora(model, rank=rank, dropout=profile.lora_dropout)
+        return train(adapted, tokenizer, profile, name, summaries, validation if main_run else None, rate, epochs=epochs)
     if method == "multitask":
         mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share)
         return train(model, tokenizer, profile, f"forgetting-multitask-{settings}-share{share:g}", mixed, None,

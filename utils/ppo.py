@@ -228,8 +228,16 @@ class Rollout:
         return self.query_ids.shape[0]
 
     def select(self, rows: torch.Tensor | slice) -> Rollout:
-        """The rollout of some rows only (a mini-batch)."""
-        return Rollout(self.query_ids[rows], self.query_mask[rows], self.response_ids[rows], self.response_mask[rows])
+        """The rollout of some rows only (a mini-batch), without the prompt columns that are padding in all of them.
+
+        The batch's prompts were padded to its longest; a mini-batch of shorter ones need not read
+        that padding. Positions count real tokens only (`answer_logits_and_hidden`), so the
+        outputs are the same. The response keeps its width: per-token figures line up across mini-batches.
+        """
+        query_mask = self.query_mask[rows]
+        columns = query_mask.any(dim=0)
+        return Rollout(self.query_ids[rows][:, columns], query_mask[:, columns], self.response_ids[rows],
+                       self.response_mask[rows])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.query_ids, self.query_mask, self.response_ids, self.response_mask

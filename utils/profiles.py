@@ -80,8 +80,10 @@ class Profile:
     dtype: str  # "float32", "bfloat16" or "auto" (bfloat16 on a CUDA GPU that has it, else float32)
     mixed_precision: str  # training under autocast: "auto" (bf16 where computed natively), "bf16" or "no"
     device: str  # "cpu", "cuda" or "auto" (CUDA, else MPS, else the CPU)
-    # LoRA: the rank of the main adapter, and the rank sweep (on a smaller slice of data).
+    # LoRA: the rank of the main adapter, its dropout (on the adapter's input, while training), and
+    # the rank sweep (on a smaller slice of data).
     lora_rank: int
+    lora_dropout: float
     sweep_ranks: tuple[int, ...]
     sweep_train_examples: int
     sweep_test_examples: int

@@ -111,7 +111,7 @@ def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16, targets:
     correct the rounding error of every quantized matrix, not only the attention's query and value.
     """
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=uses_gradient_checkpointing(profile))
-    return add_lora(model, rank=rank, targets=targets)
+    return add_lora(model, rank=rank, targets=targets, dropout=profile.lora_dropout)
 
 
 def qlora_training_overrides(profile: Profile) -> dict:

@@ -180,11 +180,15 @@ def training_fingerprint(arguments: TrainingArguments, train_dataset: Dataset, i
 
 def model_identity(model: PreTrainedModel) -> str:
     """What makes a checkpoint belong to `model`: its class, the model it was loaded from (Hub id or
-    folder) and the name and shape of every parameter (the architecture, the adapter and its rank)."""
+    folder), the name and shape of every parameter (the architecture, the adapter and its rank), and
+    the adapter settings that no shape shows (LoRA's alpha and dropout)."""
     config = getattr(model, "config", None)
     source = getattr(config, "name_or_path", "") or ""
     shapes = [[name, list(parameter.shape), parameter.requires_grad] for name, parameter in model.named_parameters()]
-    return json.dumps([type(model).__name__, source, shapes])
+    adapters = {name: [adapter.lora_alpha, adapter.lora_dropout]
+                for name, adapter in sorted(getattr(model, "peft_config", {}).items()) if hasattr(adapter, "lora_dropout")}
+    identity = [type(model).__name__, source, shapes]
+    return json.dumps(identity + [adapters] if adapters else identity)
 
 
 def keep_fp32_master_weights(model: torch.nn.Module) -> bool:
