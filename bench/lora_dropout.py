@@ -35,7 +35,8 @@ def adapted_models(profile) -> dict[tuple[str, float], torch.nn.Module]:
     """(adapter, dropout) -> a freshly adapted model, for LoRA on the attention and, where it runs, QLoRA."""
     models = {}
     for dropout in DROPOUTS:
-        models["LoRA on query and value", dropout] = add_lora(load_model(profile), rank=profile.lora_rank, dropout=dropout)
+        adapted = add_lora(load_model(profile), rank=profile.lora_rank, dropout=dropout)
+        models["LoRA on query and value", dropout] = adapted
     if bitsandbytes_problem(resolve_device(profile)) is None:
         for dropout in DROPOUTS:
             quantized = prepare_model_for_kbit_training(load_4bit_model(profile), use_gradient_checkpointing=False)

@@ -27,6 +27,7 @@ def attention_targets(model: PreTrainedModel) -> list[str]:
 # Where LoRA goes: the query and value projections (the LoRA paper's choice, notebook 03), or every
 # linear layer but the output head (the QLoRA paper's, needed there to match 16-bit fine-tuning).
 LORA_TARGETS = ("attention", "all-linear")
+LAB_LORA_DROPOUT = 0.05  # the original lab's; profiles set their own (`Profile.lora_dropout`)
 
 
 def has_soft_prompt(model: torch.nn.Module) -> bool:
@@ -40,7 +41,7 @@ def task_type(model: PreTrainedModel) -> TaskType:
 
 
 def lora_config(
-    model: PreTrainedModel, rank: int = 16, alpha: int | None = None, dropout: float = 0.05,
+    model: PreTrainedModel, rank: int = 16, alpha: int | None = None, dropout: float = LAB_LORA_DROPOUT,
     targets: str = "attention",
 ) -> LoraConfig:
     """LoRA of rank `rank` on `targets` (see LORA_TARGETS); alpha defaults to 2 x rank."""
@@ -87,7 +88,7 @@ def train_last_blocks_only(model: PreTrainedModel, blocks: int = FEATURE_EXTRACT
 
 def add_lora(
     model: PreTrainedModel, rank: int = 16, alpha: int | None = None, adapter_name: str = "default",
-    targets: str = "attention", seed: int = ADAPTER_SEED, dropout: float = 0.05,
+    targets: str = "attention", seed: int = ADAPTER_SEED, dropout: float = LAB_LORA_DROPOUT,
 ) -> PeftModel:
     """Freeze `model` and attach a trainable LoRA adapter on `targets` (its A matrices drawn from `seed`).
 

@@ -185,8 +185,9 @@ def model_identity(model: PreTrainedModel) -> str:
     config = getattr(model, "config", None)
     source = getattr(config, "name_or_path", "") or ""
     shapes = [[name, list(parameter.shape), parameter.requires_grad] for name, parameter in model.named_parameters()]
-    adapters = {name: [adapter.lora_alpha, adapter.lora_dropout]
-                for name, adapter in sorted(getattr(model, "peft_config", {}).items()) if hasattr(adapter, "lora_dropout")}
+    peft_configs = sorted(getattr(model, "peft_config", {}).items())
+    adapters = {name: [adapter.lora_alpha, adapter.lora_dropout] for name, adapter in peft_configs
+                if hasattr(adapter, "lora_dropout")}
     identity = [type(model).__name__, source, shapes]
     return json.dumps(identity + [adapters] if adapters else identity)
 

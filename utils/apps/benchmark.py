@@ -45,7 +45,8 @@ def model_for_method(
     if method == "feature_extraction":  # the optimizer of full fine-tuning; only what trains differs
         return train_last_blocks_only(load_model(profile), FEATURE_EXTRACTION_BLOCKS), profile.full_learning_rate
     if method == "lora":
-        adapted = add_lora(load_model(profile), rank=profile.lora_rank, targets=lora_targets, dropout=profile.lora_dropout)
+        adapted = add_lora(load_model(profile), rank=profile.lora_rank, targets=lora_targets,
+                           dropout=profile.lora_dropout)
         return adapted, profile.peft_learning_rate
     if method == "prompt_tuning":
         model = add_prompt_tuning(load_model(profile), tokenizer, profile.virtual_tokens, SOFT_PROMPT_INIT_TEXT)
