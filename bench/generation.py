@@ -6,11 +6,12 @@
 Both runs, and the decode timing, compute in float32, as the notebooks generate where the profile trains
 in float32; where it trains under bf16 autocast they generate from a bf16 copy, the `bf16-weights` variant.
 Greedy decoding must give the same summaries both ways; the script checks that, then
-prints both timings and the speed ratio, and the ratio's ceiling on this machine: one at a time
-against the batched reading of the prompts alone (what batching cannot share out). Then the milliseconds of one decode step at the
-batch size, against that step's floor on this machine (utils/apps/generation_speed.py: weights
-and cache read at the measured bandwidth, or the arithmetic at the measured matmul speed,
-whichever is longer). `--variants` times other ways on the same batched run (every prompt read
+prints both timings and the speed ratio, and the ratio's ceilings on this machine: one at a time
+against the batched reading of the prompts alone (what batching cannot share out), then against that
+reading plus the same summaries written with every decode step at its floor. Then the milliseconds of
+one decode step, of one row and at the batch size, against that step's floor on this machine
+(utils/apps/generation_speed.py: weights and cache read at the measured bandwidth, or the arithmetic at
+the measured matmul speed, whichever is longer). `--variants` times other ways on the same batched run (every prompt read
 whole, without sharing the batch's common start; what transformers offers: a static key/value
 cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts how many
 summaries stay identical to the float32 ones. Every setting's summaries are scored against the test references
@@ -30,13 +31,14 @@ import torch
 
 from utils.apps.generation_speed import (
     decode_floor_milliseconds,
+    decode_floor_seconds,
     decode_step_milliseconds,
     measure_machine_peaks,
     prompt_reading_seconds,
 )
 from utils.course import configure_threads
 from utils.data import fit_prompt, load_profile_data, prompts_for
-from utils.generation import generate
+from utils.generation import decode_generations, generate, generate_ids
 from utils.metrics import rouge_best_and_mean
 from utils.models import context_window, inference_copy, load_model_and_tokenizer
 from utils.profiles import get_profile
@@ -69,14 +71,14 @@ def main() -> None:
         prompts = prompts_for(dialogues, tokenizer, profile)
     max_new_tokens = args.max_new_tokens or profile.max_new_tokens
 
-    timings, outputs = {}, {}
+    timings, token_ids = {}, {}
     for name, batch_size in (("one at a time", 1), (f"batched ({args.batch_size})", args.batch_size)):
         started = time.perf_counter()
-        outputs[name] = generate(model, tokenizer, prompts, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, description=name)
+        token_ids[name] = generate_ids(model, tokenizer, prompts, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, description=name)
         timings[name] = time.perf_counter() - started
 
-    single, batched = outputs.values()
+    single, batched = (decode_generations(tokenizer, ids) for ids in token_ids.values())
     same = sum(a == b for a, b in zip(single, batched))
     print(f"\nprofile {profile.name}, {len(prompts)} prompts, max_new_tokens {max_new_tokens}, "
           f"{threads} threads, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
@@ -87,6 +89,13 @@ def main() -> None:
     reading = prompt_reading_seconds(model, tokenizer, prompts, args.batch_size)
     print(f"reading the prompts batched, one new token each: {reading:.1f} s, so batching can be at most "
           f"{first / reading:.1f}x faster here, even if writing the summaries cost nothing")
+    peaks = measure_machine_peaks()
+    lengths = [len(ids) for ids in token_ids[f"batched ({args.batch_size})"]]
+    prompt_tokens = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    writing = decode_floor_seconds(model, lengths, args.batch_size,
+                                   round(sum(prompt_tokens) / len(prompts) + sum(lengths) / len(lengths) / 2), peaks)
+    print(f"writing the same summaries with every decode step at its floor: {writing:.1f} s more, so batching "
+          f"can be at most {first / (reading + writing):.1f}x faster here")
     print(f"identical greedy outputs: {same}/{len(prompts)}")
     if same != len(prompts):
         for a, b in zip(single, batched):
@@ -94,11 +103,14 @@ def main() -> None:
                 print(f"  differs:\n    one at a time: {a!r}\n    batched:       {b!r}")
                 break
 
-    peaks = measure_machine_peaks()
     decode_prompts = prompts[: args.batch_size]
     context = sum(len(tokenizer(p)["input_ids"]) for p in decode_prompts) / len(decode_prompts) + args.decode_steps / 2
     print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
+    one_row_ms = decode_step_milliseconds(model, tokenizer, decode_prompts[:1], args.decode_steps)
+    one_row_floor = decode_floor_milliseconds(model, 1, round(context), peaks)["floor_ms"]
+    print(f"one row's decode step (float32): {one_row_ms:.1f} ms, {one_row_ms / one_row_floor:.1f}x its floor "
+          f"of {one_row_floor:.1f} ms")
     rows = {"float32, dynamic cache": (model, {}, contextlib.nullcontext, batched,
                                        timings[f"batched ({args.batch_size})"])}
     for variant in args.variants:

@@ -8,6 +8,7 @@ import torch
 from utils.apps.generation_speed import (
     MachinePeaks,
     decode_floor_milliseconds,
+    decode_floor_seconds,
     decode_step_milliseconds,
     measure_machine_peaks,
     prompt_reading_seconds,
@@ -62,3 +63,18 @@ def test_the_machine_peaks_are_measured_as_positive_rates():
     peaks = measure_machine_peaks(megabytes=8, matrix=128, repeats=2)
 
     assert peaks.read_bytes_per_second > 1e6 and peaks.matmul_flops > 1e6
+
+
+def test_the_decode_floor_of_a_batching_counts_the_longest_row_of_each_batch_sorted_by_length(
+        tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+
+    def step(rows):
+        return decode_floor_milliseconds(model, rows, context_tokens=20, peaks=PEAKS)["floor_ms"] / 1e3
+
+    # sorted 9, 6, 3, 1: batches (9, 6) and (3, 1) decode 8 and 2 steps after the first token
+    assert decode_floor_seconds(model, [3, 9, 1, 6], 2, 20, PEAKS) == pytest.approx(8 * step(2) + 2 * step(2))
+    # a batch of three and a batch of one: 8 steps, then none for a one-token row
+    assert decode_floor_seconds(model, [3, 9, 1, 6], 3, 20, PEAKS) == pytest.approx(8 * step(3))
+    # one at a time: every row's own steps
+    assert decode_floor_seconds(model, [3, 9, 1, 6], 1, 20, PEAKS) == pytest.approx(15 * step(1))

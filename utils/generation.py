@@ -206,8 +206,12 @@ def _set_random_state(state: dict) -> None:
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **options) -> list[str]:
     """Generate one text per prompt, in the prompts' order: `generate_ids` (same options), decoded."""
-    ids = generate_ids(model, tokenizer, prompts, **options)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    return decode_generations(tokenizer, generate_ids(model, tokenizer, prompts, **options))
+
+
+def decode_generations(tokenizer: PreTrainedTokenizerBase, token_ids: list[list[int]]) -> list[str]:
+    """The texts of `generate_ids`' continuations, as `generate` returns them."""
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in token_ids]
 
 
 def end_of_sequence_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -63,6 +63,21 @@ def decode_floor_milliseconds(model: PreTrainedModel, batch_size: int, context_t
     return {"memory_ms": memory_ms, "arithmetic_ms": arithmetic_ms, "floor_ms": max(memory_ms, arithmetic_ms)}
 
 
+def decode_floor_seconds(model: PreTrainedModel, continuation_lengths: list[int], batch_size: int,
+                         context_tokens: int, peaks: MachinePeaks) -> float:
+    """The least time that decoding these continuations in batches of `batch_size` can take after the first
+    token, which reading the prompt writes: each step at its floor, and as few steps as any batching allows.
+    A batch decodes until its longest continuation ends, so the fewest steps come from batching the
+    continuations sorted by length (a row of n tokens needs at least n - 1 steps after the first)."""
+    lengths = sorted(continuation_lengths, reverse=True)
+    seconds = 0.0
+    for start in range(0, len(lengths), batch_size):
+        rows = len(lengths[start : start + batch_size])
+        step = decode_floor_milliseconds(model, rows, context_tokens, peaks)["floor_ms"] / 1e3
+        seconds += max(0, lengths[start] - 1) * step
+    return seconds
+
+
 def decode_step_milliseconds(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                              steps: int = 16, repeats: int = 2, **generation_kwargs) -> float:
     """Milliseconds per decode step of `generate` on `prompts` as one batch: a run of `steps` new tokens
