@@ -4,6 +4,7 @@ import json
 import math
 import socket
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -141,6 +142,25 @@ def test_a_lora_model_runs_through_the_harness_and_a_fresh_adapter_changes_no_sc
         assert after.loglikelihoods == pytest.approx(before.loglikelihoods, abs=1e-5)
 
 
+def test_the_harness_scores_in_the_precision_the_profile_trains_in(tiny_profile, tiny_model_and_tokenizer,
+                                                                   one_thread, monkeypatch):
+    from utils import benchmarks
+
+    model, tokenizer = tiny_model_and_tokenizer
+    scored = []
+    real = benchmarks.harness_model
+    monkeypatch.setattr(benchmarks, "harness_model",
+                        lambda network, *args: scored.append(network) or real(network, *args))
+
+    in_float32 = run_benchmark(model, tokenizer, replace(tiny_profile, mixed_precision="no"), limit=1)
+    in_bf16 = run_benchmark(model, tokenizer, replace(tiny_profile, mixed_precision="bf16"), limit=1)
+
+    assert scored[0] is model  # float32: the model itself
+    assert scored[1] is not model and {p.dtype for p in scored[1].parameters()} == {torch.bfloat16}  # its bf16 copy
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the model is left in float32
+    assert in_bf16.items[0].loglikelihoods != in_float32.items[0].loglikelihoods
+
+
 def test_a_model_compared_with_itself_changes_by_exactly_zero(tiny_profile, tiny_model_and_tokenizer, one_thread):
     model, tokenizer = tiny_model_and_tokenizer
     result = run_benchmark(model, tokenizer, tiny_profile, limit=5)
@@ -193,6 +213,7 @@ def smollm2():
 @pytest.mark.offline_model
 def test_smollm2_reads_each_question_as_a_chat_turn_and_its_scores_are_the_course_s(smollm2):
     profile, model, tokenizer = smollm2
+    profile = replace(profile, mixed_precision="no")  # float32 on every machine, as the course's code computes
 
     result = run_benchmark(model, tokenizer, profile, limit=2)
 

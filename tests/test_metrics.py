@@ -1,12 +1,15 @@
 """ROUGE, BLEU and perplexity give the values their definitions say."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from utils.data import load_profile_data, tokenize_for_training, training_collator
+from utils.data import batches, load_profile_data, tokenize_for_training, training_collator
+from utils.evaluation import split_perplexity
 from utils.metrics import ROUGE_TYPES, bleu, perplexity, rouge, rouge_details, rouge_per_example
+from utils.models import inference_copy
 
 
 def test_rouge_of_identical_texts_is_one_for_all_four():
@@ -157,6 +160,26 @@ def test_perplexity_leaves_the_model_in_its_mode(tiny_model_and_tokenizer, train
     perplexity(model, training_batches[1])
 
     assert model.training
+
+
+def test_a_split_s_perplexity_is_computed_in_the_precision_the_profile_trains_in(
+        tiny_profile, tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    test = load_profile_data(tiny_profile)["test"].select(range(4))
+    bf16_profile = replace(tiny_profile, mixed_precision="bf16")
+    tokenized = tokenize_for_training(test, tokenizer, tiny_profile)
+    bf16_copy = inference_copy(model, "bfloat16")
+    before = {name: p.clone() for name, p in model.named_parameters()}
+
+    in_float32 = split_perplexity(model, tokenizer, replace(tiny_profile, mixed_precision="no"), test)
+    in_bf16 = split_perplexity(model, tokenizer, bf16_profile, test)
+
+    size = tiny_profile.eval_batch_size
+    assert in_float32 == pytest.approx(perplexity(model, batches(tokenized, tokenizer, model, size)), rel=1e-5)
+    assert in_bf16 == pytest.approx(perplexity(bf16_copy, batches(tokenized, tokenizer, bf16_copy, size)), rel=1e-6)
+    assert in_bf16 != in_float32  # bf16 rounds: another network, a near figure (within 20% on random tiny models)
+    assert in_bf16 == pytest.approx(in_float32, rel=0.2)
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())  # float32, untouched
 
 
 def test_several_references_score_as_the_best_one_or_as_their_mean():

@@ -38,6 +38,7 @@ from lm_eval.tasks import TaskManager
 from transformers import PreTrainedTokenizerBase
 
 from utils.families import uses_chat_template
+from utils.models import autocast_dtype_name, inference_copy
 from utils.plumbing.files import DATA_DIR, PROJECT_ROOT
 from utils.profiles import Profile
 from utils.stats import paired_difference, proportion_interval
@@ -224,7 +225,9 @@ def run_benchmark(
     `limit`: only the first `limit` items (tests, quick looks). Zero-shot, every log-likelihood
     kept (`log_samples=True`). The harness's global seeding is turned off, so a benchmark in the
     middle of a notebook leaves the notebook's random state as it was; the model is put back in
-    training mode if it was in it (the harness switches it to eval mode).
+    training mode if it was in it (the harness switches it to eval mode). Scored in the precision the
+    profile trains in, as notebooks generate: from the model's bf16 copy where it trains under bf16
+    autocast (utils.models.inference_copy), else from the model itself.
     """
     was_training = model.training
     manager = task_manager()
@@ -233,7 +236,8 @@ def run_benchmark(
     started = time.perf_counter()
     try:
         with _harness_quiet():
-            lm = harness_model(model, tokenizer, profile, batch_size or profile.eval_batch_size)
+            scored = inference_copy(model, autocast_dtype_name(profile))
+            lm = harness_model(scored, tokenizer, profile, batch_size or profile.eval_batch_size)
             output = simple_evaluate(
                 model=lm, tasks=[config], task_manager=manager, limit=limit, log_samples=True,
                 apply_chat_template=chat,

@@ -92,8 +92,8 @@ def start(notebook: str) -> Course:
     print(f"Device  : {device.type}, {str(resolve_dtype(profile)).removeprefix('torch.')} weights, {threads} CPU threads")
     print(f"Training: {training_precision(profile)[1]}")
     generation_dtype = autocast_dtype_name(profile)
-    print("Generate: " + (f"from a {generation_dtype} copy of the model, the dtype training computes in"
-                          if generation_dtype else "in the model's own dtype"))
+    print("Generate: " + (f"and score (perplexity, benchmark) from a {generation_dtype} copy of the model, the dtype "
+                          "training computes in" if generation_dtype else "and score in the model's own dtype"))
     generations = runs_dir(profile.run_name) / "generations"
     reuse_generations_in(generations)
     print(f"Reuse   : trainings and generations already done with the same weights and settings, from "

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.data import batches, prompts_for, tokenize_for_training
 from utils.generation import generate
 from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
-from utils.models import autocast_dtype_name
+from utils.models import autocast_dtype_name, inference_copy
 from utils.profiles import Profile
 from utils.prompts import DEFAULT_TEMPLATE
 
@@ -63,6 +63,11 @@ def side_by_side(dataset: Dataset, columns: dict[str, list[str]], rows: int = 3)
 
 def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: Profile,
                      dataset: Dataset) -> float:
-    """Perplexity of the reference summaries of `dataset` given their prompts."""
+    """Perplexity of the reference summaries of `dataset` given their prompts.
+
+    Computed in the precision the profile trains in, as `summarize` generates: from the model's bf16
+    copy where it trains under bf16 autocast (utils.models.inference_copy), else from the model itself.
+    """
+    scored = inference_copy(model, autocast_dtype_name(profile))
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
-    return perplexity(model, batches(tokenized, tokenizer, model, profile.eval_batch_size))
+    return perplexity(scored, batches(tokenized, tokenizer, scored, profile.eval_batch_size))
