@@ -5,6 +5,7 @@
 
 Both runs, and the decode timing, compute in float32, as the notebooks generate where the profile trains
 in float32; where it trains under bf16 autocast they generate from a bf16 copy, the `bf16-weights` variant.
+`--precision bfloat16` runs everything from that copy instead (the variants then change the copy).
 Greedy decoding must give the same summaries both ways; the script checks that, then
 prints both timings and the speed ratio, and the ratio's ceilings on this machine: one at a time
 against the batched reading of the prompts alone (what batching cannot share out), then against that
@@ -14,7 +15,7 @@ one decode step, of one row and at the batch size, against that step's floor on 
 the measured matmul speed, whichever is longer). `--variants` times other ways on the same batched run (every prompt read
 whole, without sharing the batch's common start; what transformers offers: a static key/value
 cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts how many
-summaries stay identical to the float32 ones. Every setting's summaries are scored against the test references
+summaries stay identical to the first run's. Every setting's summaries are scored against the test references
 (ROUGE-1, best reference), so a faster setting that writes other summaries shows whether they score the same.
 `--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--decode-steps", type=int, default=16, help="new tokens of the decode timing (at least 2)")
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="generate from the model (float32) or from its bf16 copy, as the notebooks do where "
+                             "the profile trains under bf16 autocast")
     parser.add_argument("--shots", type=int, default=0,
                         help="worked examples before each dialogue, as notebook 01 builds few-shot prompts")
     args = parser.parse_args()
@@ -59,6 +63,8 @@ def main() -> None:
     threads = configure_threads()
     profile = get_profile(args.profile)
     model, tokenizer = load_model_and_tokenizer(profile)
+    if args.precision == "bfloat16":
+        model = inference_copy(model, "bfloat16")
     test = load_profile_data(profile)["test"]
     dialogues = list(test["dialogue"])[: args.examples]
     references = list(test["references"])[: args.examples]
@@ -80,7 +86,7 @@ def main() -> None:
 
     single, batched = (decode_generations(tokenizer, ids) for ids in token_ids.values())
     same = sum(a == b for a, b in zip(single, batched))
-    print(f"\nprofile {profile.name}, {len(prompts)} prompts, max_new_tokens {max_new_tokens}, "
+    print(f"\nprofile {profile.name}, {len(prompts)} prompts, max_new_tokens {max_new_tokens}, {args.precision}, "
           f"{threads} threads, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     for name, seconds in timings.items():
         print(f"{name:>16}: {seconds:7.1f} s  ({len(prompts) / seconds:.2f} summaries/s)")
@@ -109,9 +115,9 @@ def main() -> None:
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
     one_row_ms = decode_step_milliseconds(model, tokenizer, decode_prompts[:1], args.decode_steps)
     one_row_floor = decode_floor_milliseconds(model, 1, round(context), peaks)["floor_ms"]
-    print(f"one row's decode step (float32): {one_row_ms:.1f} ms, {one_row_ms / one_row_floor:.1f}x its floor "
+    print(f"one row's decode step ({args.precision}): {one_row_ms:.1f} ms, {one_row_ms / one_row_floor:.1f}x its floor "
           f"of {one_row_floor:.1f} ms")
-    rows = {"float32, dynamic cache": (model, {}, contextlib.nullcontext, batched,
+    rows = {f"{args.precision}, dynamic cache": (model, {}, contextlib.nullcontext, batched,
                                        timings[f"batched ({args.batch_size})"])}
     for variant in args.variants:
         variant_model, options, computing = VARIANTS[variant](model)
@@ -127,11 +133,11 @@ def main() -> None:
         with computing():
             step_ms = decode_step_milliseconds(variant_model, tokenizer, decode_prompts, args.decode_steps, **options)
         floor = decode_floor_milliseconds(variant_model, len(decode_prompts), round(context), peaks)
-        same_as_float32 = sum(a == b for a, b in zip(variant_outputs, batched))
+        same_as_first = sum(a == b for a, b in zip(variant_outputs, batched))
         rouge1 = rouge_best_and_mean(variant_outputs, references)["rouge1"]
         print(f"| {name} | {seconds:.1f} | {step_ms:.1f} | {floor['floor_ms']:.1f} (memory {floor['memory_ms']:.1f}, "
               f"arithmetic {floor['arithmetic_ms']:.1f}) | {step_ms / floor['floor_ms']:.1f} | "
-              f"{same_as_float32}/{len(prompts)} | {rouge1:.4f} |")
+              f"{same_as_first}/{len(prompts)} | {rouge1:.4f} |")
 
 
 def bf16_weights(model):
