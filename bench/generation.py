@@ -12,11 +12,12 @@ against the batched reading of the prompts alone (what batching cannot share out
 reading plus the same summaries written with every decode step at its floor. Then the milliseconds of
 one decode step, of one row and at the batch size, against that step's floor on this machine
 (utils/apps/generation_speed.py: weights and cache read at the measured bandwidth, or the arithmetic at
-the measured matmul speed, whichever is longer). `--variants` times other ways on the same batched run (every prompt read
-whole, without sharing the batch's common start; what transformers offers: a static key/value
-cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts how many
-summaries stay identical to the first run's. Every setting's summaries are scored against the test references
-(ROUGE-1, best reference), so a faster setting that writes other summaries shows whether they score the same.
+the measured matmul speed, whichever is longer). `--variants` times other ways on the same batched run
+(every prompt read whole, without sharing the batch's common start; what transformers offers: a static
+key/value cache, compiled decoding, the weights in bf16, bf16 autocast over float32 weights), and counts
+how many summaries stay identical to the first run's. Every setting's summaries are scored against the
+test references (ROUGE-1, best reference), so a faster setting that writes other summaries shows whether
+they score the same.
 `--shots N` builds notebook 01's few-shot prompts, whose worked examples every prompt shares.
 """
 
