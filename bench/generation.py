@@ -111,7 +111,7 @@ def main() -> None:
                 break
 
     decode_prompts = prompts[: args.batch_size]
-    context = sum(len(tokenizer(p)["input_ids"]) for p in decode_prompts) / len(decode_prompts) + args.decode_steps / 2
+    context = sum(prompt_tokens[: args.batch_size]) / len(decode_prompts) + args.decode_steps / 2
     print(f"\nthis machine: reads {peaks.read_bytes_per_second / 1e9:.1f} GB/s, "
           f"fp32 matrix products at {peaks.matmul_flops / 1e9:.0f} GFLOP/s")
     one_row_ms = decode_step_milliseconds(model, tokenizer, decode_prompts[:1], args.decode_steps)
