@@ -98,6 +98,19 @@ def add_lora(
     return _seeded_peft_model(model, lora_config(model, rank, alpha, dropout, targets), adapter_name, seed)
 
 
+def lora_identity(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """What makes two LoRA policies the same before training: the base model's name, the adapter's
+    shape (rank, alpha, targets) and the tokenizer's name; PPO, DPO and GRPO fingerprint their runs with it."""
+    adapter = model.peft_config[model.active_adapter]
+    targets = adapter.target_modules
+    return {
+        "model": model.get_base_model().config.name_or_path,
+        "adapter": {"r": adapter.r, "alpha": adapter.lora_alpha,
+                    "targets": targets if isinstance(targets, str) else sorted(targets)},
+        "tokenizer": tokenizer.name_or_path,
+    }
+
+
 def prompt_tuning_config(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_virtual_tokens: int = 20,
     init_text: str | None = None,

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from utils.adapters import lora_identity
 from utils.families import answer_ids, answer_logits_and_hidden, prompt_padding_side
 from utils.models import autocast
 from utils.plumbing.files import atomic_directory, write_json_atomic
@@ -205,14 +206,9 @@ def run_fingerprint(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs:
                     config: DPOConfig) -> str:
     """The settings (all but steps and checkpoint_every), the model's name, the adapter's shape and the pairs."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")}
-    adapter = model.peft_config[model.active_adapter]
-    targets = adapter.target_modules
     texts = "\x00".join(pairs.prompts + pairs.chosen + pairs.rejected)
     identity = {
-        "model": model.get_base_model().config.name_or_path,
-        "adapter": {"r": adapter.r, "alpha": adapter.lora_alpha,
-                    "targets": targets if isinstance(targets, str) else sorted(targets)},
-        "tokenizer": tokenizer.name_or_path,
+        **lora_identity(model, tokenizer),
         "pairs": hashlib.sha256(texts.encode("utf-8")).hexdigest(),
     }
     return fingerprint(settings, str(identity))

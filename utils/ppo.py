@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils.adapters import lora_identity
 from utils.families import answer_logits_and_hidden, generated_answer, prompt_padding_side
 from utils.generation import end_of_sequence_ids
 from utils.models import autocast, inference_copy
@@ -329,15 +330,10 @@ def run_fingerprint(
     """What makes two runs the same run: the settings (all but steps and checkpoint_every), the model's
     name, the adapter's shape, the reward function's name and the prompts (not the weights themselves)."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")}
-    adapter = policy.model.peft_config[policy.model.active_adapter]
-    targets = adapter.target_modules
     reward_owner = getattr(reward_fn, "__self__", reward_fn)
     identity = {
         "settings": settings,
-        "model": policy.model.get_base_model().config.name_or_path,
-        "adapter": {"r": adapter.r, "alpha": adapter.lora_alpha,
-                    "targets": targets if isinstance(targets, str) else sorted(targets)},
-        "tokenizer": tokenizer.name_or_path,
+        **lora_identity(policy.model, tokenizer),
         "reward": [getattr(reward_fn, "__qualname__", type(reward_fn).__qualname__),
                    str(getattr(reward_owner, "name", ""))],
         "prompts": hashlib.sha256("\x00".join(prompts).encode("utf-8")).hexdigest(),
