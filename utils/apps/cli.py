@@ -1,4 +1,5 @@
-"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results,export,train}`.
+"""Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results,
+record-expected,sync-docs,export,train}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -104,7 +105,7 @@ def _measure_training(args: argparse.Namespace) -> int:
     profile, _ = choose_profile()
     configure_threads()
     print(json.dumps(measure_training_steps(with_overrides(profile), args.method, args.steps, args.batch_size,
-                                            plain=args.plain)))
+                                            plain=args.plain, lora_targets=args.lora_targets)))
     return 0
 
 
@@ -130,9 +131,30 @@ def _check_results(args: argparse.Namespace) -> int:
     from utils.apps.check_results import check
     from utils.plumbing.results import load_results
 
-    ok, lines = check(load_results("offline"), args.notebooks or None)
+    ok, lines = check(load_results("offline"), args.notebooks or None, precision=args.precision)
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+def _record_expected(args: argparse.Namespace) -> int:
+    from utils.apps.expected_results import EXPECTED_FILE, record_file
+
+    tolerances = {name: float(value) for name, _, value in (item.partition("=") for item in args.tolerance)}
+    print("\n".join(record_file(args.results, args.precision, args.notebooks or None, tolerances, args.commit,
+                                args.machine, args.lock, args.run_command, args.date, args.note)))
+    print(f"Written: {EXPECTED_FILE}. Then: python -m utils sync-docs")
+    return 0
+
+
+def _sync_docs(args: argparse.Namespace) -> int:
+    from utils.apps.sync_docs import sync_docs
+
+    changed = sync_docs(check_only=args.check)
+    if args.check:
+        print("Generated tables out of date in: " + ", ".join(changed) if changed else "Generated tables up to date.")
+        return 1 if changed else 0
+    print(f"Generated tables rewritten in {len(changed)} file(s)" + "".join(f"\n  {name}" for name in changed))
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--batch-size", type=int, default=None)
     measure.add_argument("--plain", action="store_true",
                          help="time a plain PyTorch step instead (fp32, logits at every position)")
+    measure.add_argument("--lora-targets", choices=("attention", "all-linear"),
+                         help="where lora and qlora put their adapters (default: as in the notebooks)")
     measure.set_defaults(handler=_measure_training)
     colab = commands.add_parser("sync-colab", help="put the Colab set-up cell first in each notebook, the Colab "
                                 "badge below its title and in the README, and name the course kernel")
@@ -200,9 +224,31 @@ def main(argv: list[str] | None = None) -> int:
     colab.add_argument("--revision", help="the tag or branch the Colab cells install (default: the tag of the "
                        "commit checked out, else main)")
     colab.set_defaults(handler=_sync_colab)
-    results = commands.add_parser("check-results", help="compare runs/offline/results.json with docs/RESULTS.md")
+    results = commands.add_parser("check-results", help="compare runs/offline/results.json with the figures "
+                                  "docs/expected_results.toml records")
     results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")
+    results.add_argument("--precision", choices=("float32", "bf16 autocast"), default="float32",
+                         help="which recorded figures (default: float32, as make check-results trains)")
     results.set_defaults(handler=_check_results)
+    record = commands.add_parser("record-expected", help="record a results.json's figures in "
+                                 "docs/expected_results.toml")
+    record.add_argument("--from", dest="results", required=True, help="a run's results.json")
+    record.add_argument("--precision", choices=("float32", "bf16 autocast"), required=True,
+                        help="how that run trained: float32 (make check-results) or bf16 autocast")
+    record.add_argument("--notebooks", nargs="*", default=[], help="name prefixes (default: every notebook recorded)")
+    record.add_argument("--tolerance", action="append", default=[], metavar="FIGURE=VALUE",
+                        help="tolerance of a figure name the file does not know yet, e.g. reward_after=0.01")
+    record.add_argument("--commit", help="the commit that ran (default: the one checked out)")
+    record.add_argument("--machine", help="the machine (default: from status.json beside results.json)")
+    record.add_argument("--lock", help="the lock hash (default: the installed lock's)")
+    record.add_argument("--command", dest="run_command", help="the command that ran")
+    record.add_argument("--date", help="when it ran (default: today)")
+    record.add_argument("--note", default="", help="anything else a reader needs about this source")
+    record.set_defaults(handler=_record_expected)
+    docs = commands.add_parser("sync-docs", help="write the generated tables of README.md and docs/ from "
+                               "docs/expected_results.toml and reference/offline/run.json")
+    docs.add_argument("--check", action="store_true", help="only say which files are out of date (exit 1 if any)")
+    docs.set_defaults(handler=_sync_docs)
     export = commands.add_parser("export", help="write a finished run's model as a transformers folder "
                                  "(and GGUF for llama.cpp and Ollama, offline profile)")
     export.add_argument("run", help="a run name under runs/<profile>/checkpoints (full, lora-r16...), a method "
