@@ -8,7 +8,7 @@
    FLAN-T5 one at FLAN-T5-base's real width and depth (random weights: speed and memory, not quality).
 2. Notebooks 02 and 03 in the `offline` profile on the GPU (bf16 where it computes it) at the
    profile's real sizes: wall time, peak memory, and each ROUGE against the CPU figure that
-   docs/RESULTS.md records.
+   docs/expected_results.toml records (float32).
 3. Tokens per second and model FLOP utilization of full fine-tuning of the FLAN-T5-base-sized
    stand-in at batch 32 x 512 (decoder targets of 128 tokens), fp32 master weights, bf16 autocast.
 
@@ -73,7 +73,8 @@ def nbval_notebooks(notebooks: list[Path], hf_home: Path, work: Path) -> list[di
 
 def offline_notebooks(selected: list[str], profile: str, work: Path) -> list[dict]:
     """Step 2: the notebooks headless in `profile`; time, peak memory and ROUGE against the CPU record."""
-    from utils.apps.check_results import RESULTS_DOC, compare, recorded_figures
+    from utils.apps.check_results import compare
+    from utils.apps.expected_results import CHECKED_PRECISION, load_expected
 
     runs = work / "runs-offline"
     env = {**os.environ, "COURSE_PROFILE": profile, "COURSE_RUNS_DIR": str(runs), "TQDM_DISABLE": "1"}
@@ -89,7 +90,7 @@ def offline_notebooks(selected: list[str], profile: str, work: Path) -> list[dic
         seconds[number] = (time.perf_counter() - started, done.returncode == 0)
     results = runs / profile / "results.json"
     records = json.loads(results.read_text()) if results.exists() else []  # a list of records
-    recorded = compare(recorded_figures(RESULTS_DOC.read_text(encoding="utf-8")), records, selected)
+    recorded = compare(load_expected().of_precision(CHECKED_PRECISION), records, selected)
     figures = {(c.figure.notebook, c.figure.method, c.figure.variant, c.figure.name): c.figure.recorded
                for c in recorded if profile == "offline"}  # the recorded figures are the offline profile's
     rows = []
