@@ -81,3 +81,38 @@ def plot_weights_and_levels(weights: torch.Tensor, levels: torch.Tensor, title: 
     axes.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def running_mean(values: Sequence[float], window: int = 5) -> list[float]:
+    """The mean of each value and the up to `window - 1` values before it (a trailing running mean)."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+            for i in range(len(values))]
+
+
+def plot_step_curves(runs: dict[str, dict[str, Sequence[tuple[int, float]]]], titles: dict[str, str] | None = None,
+                     notes: dict[str, str] | None = None, window: int = 5):
+    """One panel per logged quantity, one colour per run: each step's value as a dot, its running mean as a line.
+
+    runs: {run name: {quantity: [(step, value), ...]}}; notes: {quantity: a short text under its panel}.
+    A panel whose values cross zero gets a line at zero.
+    """
+    quantities = list(next(iter(runs.values())))
+    titles, notes = titles or {}, notes or {}
+    figure, axes = plt.subplots(1, len(quantities), figsize=(3.8 * len(quantities), 3.6), squeeze=False)
+    for ax, quantity in zip(axes[0], quantities):
+        for colour, (name, series) in enumerate(runs.items()):
+            points = list(series.get(quantity) or [])
+            if not points:
+                continue
+            steps, values = zip(*points)
+            ax.plot(steps, values, ".", color=f"C{colour}", alpha=0.5)
+            ax.plot(steps, running_mean(values, window), "-", color=f"C{colour}", label=name)
+            if min(values) < 0 < max(values):
+                ax.axhline(0, color="gray", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("PPO step")
+        ax.set_title(titles.get(quantity, quantity), fontsize="medium")
+        if quantity in notes:
+            ax.text(0.0, -0.3, notes[quantity], transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
+    axes[0][0].legend(fontsize="small", title=f"dots: each step; line: mean of {window}", title_fontsize="x-small")
+    figure.tight_layout()
+    return figure
