@@ -26,7 +26,7 @@ def test_every_notebook_opens_with_the_course_kernel_and_is_stored_without_outpu
 
     assert stored.metadata.kernelspec == {"name": KERNEL_NAME, "display_name": KERNEL_DISPLAY_NAME,
                                           "language": "python"}, "run `python -m utils sync-colab`"
-    assert stored.cells[0].id == CELL_ID
+    assert stored.cells[1].id == CELL_ID  # after the title
     for cell in stored.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from utils.apps.colab import colab_cell_source
+from utils.apps.colab import SETUP_SCRIPT
 from utils.apps.lockfile import COLAB, LOCK, colab_constraints, pins, portable, required_by
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,4 +99,4 @@ def test_make_conda_and_colab_install_from_the_lock():
     assert "LOCK := requirements/lock.txt" in makefile
     assert not re.search(r"pip install -q --upgrade", makefile), "an unpinned upgrade drifts"
     assert "-c requirements/lock.txt" in pip_entries
-    assert "requirements/colab.txt" in colab_cell_source()
+    assert "requirements/colab.txt" in (ROOT / SETUP_SCRIPT).read_text(encoding="utf-8")  # what the Colab cell runs

@@ -15,7 +15,7 @@ from utils.models import autocast_dtype_name, describe_model, resolve_device, re
 from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import require_hub_or_cache
 from utils.plumbing.results import record_result
-from utils.profiles import Profile, choose_profile, hub_repos, with_overrides
+from utils.profiles import Profile, ProfileError, choose_profile, hub_repos, in_colab, with_overrides
 
 
 def configure_threads() -> int:
@@ -69,10 +69,21 @@ class Course:
         )
 
 
+def require_colab_gpu(profile: Profile) -> None:
+    """In Colab, a profile that needs a CUDA GPU on a runtime without one: stop, saying how to get one or run offline."""
+    if in_colab() and profile.device == "cuda" and not torch.cuda.is_available():
+        raise ProfileError(
+            f"This Colab runtime has no GPU, which profile {profile.name!r} needs. Either pick one: Runtime → Change "
+            "runtime type → T4 GPU, then run the notebook again from the top; or run the offline profile on this CPU: "
+            'set COURSE_PROFILE = "offline" in the set-up cell and run the notebook again from the top (a small '
+            "model and the bundled data; slower, but no GPU needed).")
+
+
 def start(notebook: str) -> Course:
     """Choose the profile (COURSE_PROFILE, Colab, GPU or offline), seed everything, print a summary."""
     profile, reason = choose_profile()
     profile = with_overrides(profile)
+    require_colab_gpu(profile)
     if profile.needs_hub:
         # Fail in seconds, not at the first download, naming every repository neither the Hub nor the cache has.
         require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))

