@@ -116,3 +116,101 @@ def plot_step_curves(runs: dict[str, dict[str, Sequence[tuple[int, float]]]], ti
     axes[0][0].legend(fontsize="small", title=f"dots: each step; line: mean of {window}", title_fontsize="x-small")
     figure.tight_layout()
     return figure
+
+
+# Notebook 05: what each method's training holds in memory, and what each method's quality cost.
+MEMORY_PARTS = {"frozen_weights_mb": "frozen weights", "trainable_weights_mb": "trained weights",
+                "gradients_mb": "gradients", "optimizer_states_mb": "optimizer states",
+                "activations_and_rest_mb": "activations and the rest"}
+
+
+def plot_memory_parts(rows: Sequence[dict], title: str = "Memory of a training step, by part"):
+    """One stacked bar per measured method (rows of utils.apps.benchmark.measure_training_steps), in MB.
+
+    The parts are MEMORY_PARTS; what the process held before loading the model is left out.
+    """
+    figure, axis = plt.subplots(figsize=(10, 1.4 + 0.6 * len(rows)))
+    names = [row["label"] if "label" in row else row["method"] for row in rows]
+    left = [0.0] * len(rows)
+    for colour, (key, label) in enumerate(MEMORY_PARTS.items()):
+        widths = [row.get(key, 0.0) for row in rows]
+        axis.barh(names, widths, left=left, color=f"C{colour}", label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    for y, total in enumerate(left):
+        axis.text(total, y, f" {total:,.0f}", va="center", fontsize="small")
+    axis.invert_yaxis()
+    axis.set_xlim(0, max(left) * 1.15)
+    axis.set_xlabel("MB (the process's own start-up memory left out)")
+    axis.set_title(title)
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    return figure
+
+
+def plot_quality_against_cost(rows: Sequence[dict], quality: str = "rouge1"):
+    """`quality` of each method against its trainable parameters (log scale) and its training seconds.
+
+    rows: one per method with `method`, `quality`, and `trainable_params` and/or `train_seconds`
+    (utils.apps.report.method_comparison); a method that trained nothing (the base) is a dotted line.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, label in ((axes[0], "trainable_params", "trainable parameters (log scale)"),
+                             (axes[1], "train_seconds", "training time (s)")):
+        for colour, row in enumerate(rows):
+            if row.get(quality) is None:
+                continue
+            if not row.get(key):  # nothing trained (the base model): a line to beat
+                axis.axhline(row[quality], color="gray", linestyle=":", label=row["method"])
+                axis.legend(fontsize="small", loc="lower right")
+                continue
+            axis.scatter(row[key], row[quality], color=f"C{colour}", s=60)
+            axis.annotate(row["method"], (row[key], row[quality]), textcoords="offset points", xytext=(6, 4),
+                          fontsize="small")
+        axis.set_xlabel(label)
+        axis.set_ylabel(f"{quality} (test split)")
+        axis.grid(alpha=0.3)
+        axis.margins(x=0.2, y=0.15)
+    axes[0].set_xscale("log")
+    axes[0].set_title("quality against what is trained")
+    axes[1].set_title("quality against training time")
+    figure.tight_layout()
+    return figure
+
+
+def plot_intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, title: str):
+    """A forest plot: one row per name, its estimate as a dot and its (low, high) interval as a line,
+    against a dashed line at zero; red where the interval lies below zero, green above, grey across it."""
+    names = list(rows)[::-1]  # the first row on top
+    figure, axes = plt.subplots(figsize=(7, 0.55 * len(names) + 1.3))
+    for y, name in enumerate(names):
+        estimate, low, high = rows[name]
+        colour = "tab:red" if high < 0 else "tab:green" if low > 0 else "tab:gray"
+        axes.plot([low, high], [y, y], color=colour, linewidth=3, solid_capstyle="round")
+        axes.plot(estimate, y, "o", color=colour, markersize=8)
+    axes.axvline(0, color="black", linestyle="--", linewidth=1)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_ylim(-0.6, len(names) - 0.4)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_stacked_bars(bars: dict[str, dict[str, float]], xlabel: str, title: str):
+    """Horizontal bars, each the sum of its parts: one colour per part name, shared by every bar, with its value."""
+    names = list(bars)[::-1]  # the first bar on top
+    parts = list(dict.fromkeys(part for bar in bars.values() for part in bar))
+    figure, axes = plt.subplots(figsize=(8, 0.8 * len(names) + 1.8))
+    lefts = [0.0] * len(names)
+    for colour, part in enumerate(parts):
+        widths = [bars[name].get(part, 0.0) for name in names]
+        drawn = axes.barh(range(len(names)), widths, left=lefts, color=f"C{colour}", label=part)
+        axes.bar_label(drawn, labels=[f"{w:,.0f}" if w else "" for w in widths], label_type="center", fontsize="small")
+        lefts = [left + width for left, width in zip(lefts, widths)]
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(parts), 3))
+    figure.tight_layout()
+    return figure
