@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def cuda_available() -> bool:
 
 
 def choose_profile(environ: dict | None = None) -> tuple[Profile, str]:
-    """Pick the profile and say why: COURSE_PROFILE if set, else Colab, a GPU with the Hub, or offline."""
+    """Pick the profile and say why: COURSE_PROFILE if set, else Colab, a GPU with the Hub (the profile
+    its memory fits, `profile_for_gpu`), or offline."""
     from utils.plumbing.hub import hub_reachable
 
     environ = os.environ if environ is None else environ
@@ -200,24 +202,128 @@ def choose_profile(environ: dict | None = None) -> tuple[Profile, str]:
         return PROFILES["colab"], "running in Google Colab"
     if cuda_available():
         if hub_reachable():
-            return PROFILES["gpu"], "a CUDA GPU is present and the Hugging Face Hub is reachable"
+            return profile_for_gpu(cuda_memory_bytes())
         return PROFILES["offline"], "a CUDA GPU is present but the Hugging Face Hub is not reachable: the offline model, on the GPU"
     return PROFILES["offline"], "no COURSE_PROFILE, no Colab and no CUDA GPU"
 
 
-def hub_repos(profile: Profile) -> list:
-    """The Hub repositories a profile's notebooks load (none for the tiny and offline profiles)."""
+# --- Memory: which profile a GPU can train -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a training's memory depends on, from a model's config.json."""
+
+    parameters: int
+    width: int  # d_model / hidden_size
+    feed_forward: int  # d_ff / intermediate_size
+    heads: int
+    encoder_layers: int  # 0 for a decoder-only model
+    decoder_layers: int
+    vocab: int
+    attention_scores_kept: bool  # eager attention keeps each layer's scores (T5); SDPA's fused kernel does not (Llama)
+
+
+# From the models' config.json: FLAN-T5-base's (which the stand-in of utils/apps/hub_standins.py
+# copies) and SmolLM2-135M-Instruct's (the offline profile's).
+MODEL_SHAPES = {
+    "google/flan-t5-base": ModelShape(247_577_856, 768, 2048, 12, 12, 12, 32128, True),
+    SMOLLM2_WHEEL: ModelShape(134_515_008, 576, 1536, 9, 0, 30, 49152, False),
+}
+GPU_HEADROOM = 0.9  # the share of a GPU's memory a training may plan on: CUDA's context and the allocator's gaps take the rest
+
+
+def training_peak_bytes(shape: ModelShape, batch: int, source_tokens: int, target_tokens: int) -> int:
+    """Estimated peak memory of one full fine-tuning step (AdamW, float32 weights) at the longest inputs.
+
+    - Model states, 16 bytes per parameter: the float32 weight (4), its gradient (4), AdamW's two moments (8).
+    - Activations kept for the backward pass, per token and layer: about 10 x width (layer norms, queries,
+      keys, values, attention output, residual), 5 x feed_forward (the feed-forward's projections, GELU,
+      product, dropout) and, where attention is not fused, 3 x heads x length (scores, softmax, dropout); a
+      decoder reading an encoder adds cross-attention, 7 x width + 3 x heads x source length. 4 bytes each: T5 computes its
+      softmax and layer norms in float32, and under bf16 autocast the CPU measurement of the real-size
+      stand-in was no lower than in float32 (README's profile table gives both figures).
+    - The answer's logits, three times (logits, log-softmax, gradient) the vocabulary per answer token.
+
+    LoRA, prompt tuning and QLoRA keep the same activations and far fewer states: full fine-tuning is the peak.
+    """
+    scores = 3 * shape.heads if shape.attention_scores_kept else 0
+
+    def per_token_layer(length: int) -> int:
+        return 10 * shape.width + 5 * shape.feed_forward + scores * length
+
+    if shape.encoder_layers:
+        cross = 7 * shape.width + scores * source_tokens
+        activations = (shape.encoder_layers * source_tokens * per_token_layer(source_tokens)
+                       + shape.decoder_layers * target_tokens * (per_token_layer(target_tokens) + cross))
+    else:
+        length = source_tokens + target_tokens
+        activations = shape.decoder_layers * length * per_token_layer(length)
+    logits = 3 * target_tokens * shape.vocab
+    return 16 * shape.parameters + 4 * batch * (activations + logits)
+
+
+def profile_peak_bytes(profile: Profile) -> int | None:
+    """`training_peak_bytes` of the profile's model, batch and lengths; None for a model of unknown shape."""
+    shape = MODEL_SHAPES.get(profile.model)
+    if shape is None:
+        return None
+    batch = max(profile.batch_size, profile.forgetting_batch_size)
+    return training_peak_bytes(shape, batch, profile.max_source_tokens, profile.max_target_tokens)
+
+
+def cuda_memory_bytes() -> int:
+    """Total memory of the first CUDA GPU."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def profile_for_gpu(total_bytes: int) -> tuple[Profile, str]:
+    """`gpu` where its estimated training peak fits `total_bytes` (GPU_HEADROOM of it), else `colab`'s sizes; and why."""
+    gigabytes = total_bytes / 2**30
+    gpu_needs = (profile_peak_bytes(PROFILES["gpu"]) or 0) / 2**30
+    if gpu_needs <= GPU_HEADROOM * gigabytes:
+        return PROFILES["gpu"], (f"a CUDA GPU with {gigabytes:.0f} GB and the Hugging Face Hub: the gpu profile "
+                                 f"(its training needs about {gpu_needs:.0f} GB, estimated)")
+    colab_needs = (profile_peak_bytes(PROFILES["colab"]) or 0) / 2**30
+    reason = (f"a CUDA GPU with {gigabytes:.0f} GB: the colab profile's sizes (the gpu profile's training needs "
+              f"about {gpu_needs:.0f} GB, estimated)")
+    if colab_needs > GPU_HEADROOM * gigabytes:
+        reason += (f"; colab's needs about {colab_needs:.0f} GB at its longest batches: if it runs out of memory, "
+                   "COURSE_PROFILE=offline trains the small model on this GPU")
+    return PROFILES["colab"], reason
+
+
+# The notebooks that load the online profiles' other models (notebook 06 loads the reward backbone only
+# when given a trained reward model). A notebook not listed, a new one say, counts as loading both.
+CLASSIFIER_NOTEBOOKS = ("06", "08")
+BACKBONE_NOTEBOOKS = ("07",)
+NOTEBOOKS_WITHOUT_THEM = ("01", "02", "03", "04", "05")
+
+
+def hub_repos(profile: Profile, notebooks: list[str] | None = None) -> list:
+    """The Hub repositories the profile's `notebooks` (names or number prefixes; None: all) load
+    (none for the tiny and offline profiles)."""
     from utils.plumbing.hub import HubRepo
 
     if not profile.needs_hub:
         return []
+    numbers = None if notebooks is None else {name[:2] for name in notebooks}
+    known = CLASSIFIER_NOTEBOOKS + BACKBONE_NOTEBOOKS + NOTEBOOKS_WITHOUT_THEM
+
+    def loaded_by(listed: tuple[str, ...]) -> bool:
+        return numbers is None or any(number in listed or number not in known for number in numbers)
+
     repos = []
     if not Path(profile.model).is_dir():
         repos.append(HubRepo(profile.model, "model", "model"))
     if profile.data.startswith("hub:"):
         repos.append(HubRepo(profile.data.removeprefix("hub:"), "dataset", "dataset"))
-    repos.append(HubRepo(ONLINE_TOXICITY_CLASSIFIER, "model", "toxicity classifier of notebook 06"))
-    repos.append(HubRepo(ONLINE_REWARD_BACKBONE, "model", "reward-model backbone of notebook 07"))
+    if loaded_by(CLASSIFIER_NOTEBOOKS):
+        repos.append(HubRepo(ONLINE_TOXICITY_CLASSIFIER, "model", "toxicity classifier of notebooks 06 and 08"))
+    if loaded_by(BACKBONE_NOTEBOOKS):
+        repos.append(HubRepo(ONLINE_REWARD_BACKBONE, "model", "reward-model backbone of notebook 07"))
     return repos
 
 
@@ -243,7 +349,7 @@ def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
     """Apply COURSE_SMOKE, COURSE_DATA (a local folder or file), COURSE_*_EXAMPLES and COURSE_MIXED_PRECISION
     ("auto", "bf16" or "no": to train in float32 where the profile would use bf16 autocast) overrides."""
     environ = os.environ if environ is None else environ
-    if environ.get("COURSE_SMOKE", "").lower() in ("1", "true", "yes"):
+    if _switch(environ, "COURSE_SMOKE"):
         profile = smoke_sized(profile)
     changes: dict = {}
     if environ.get("COURSE_DATA"):
@@ -253,10 +359,37 @@ def with_overrides(profile: Profile, environ: dict | None = None) -> Profile:
     for split in ("train", "validation", "test"):
         key = f"COURSE_{split.upper()}_EXAMPLES"
         if environ.get(key):
-            try:
-                changes[f"{split}_examples"] = int(environ[key])
-            except ValueError:
-                raise ProfileError(f"{key} must be a whole number, got {environ[key]!r}.") from None
+            changes[f"{split}_examples"] = _example_count(key, environ[key])
     if environ.get("COURSE_MIXED_PRECISION"):
+        if environ["COURSE_MIXED_PRECISION"] not in MIXED_PRECISIONS:
+            raise ProfileError(f"COURSE_MIXED_PRECISION must be one of {', '.join(MIXED_PRECISIONS)}, "
+                               f"not {environ['COURSE_MIXED_PRECISION']!r}.")
         changes["mixed_precision"] = environ["COURSE_MIXED_PRECISION"]
     return replace(profile, **changes) if changes else profile
+
+
+MIXED_PRECISIONS = ("auto", "bf16", "no")
+
+
+def _switch(environ: Mapping, key: str) -> bool:
+    """An on/off variable: 1, true or yes; 0, false, no or unset. Anything else is a ProfileError."""
+    value = environ.get(key, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise ProfileError(f"{key} must be 1 or 0 (true or false), not {environ[key]!r}.")
+
+
+def _example_count(key: str, value: str) -> int | None:
+    """A COURSE_*_EXAMPLES value: a positive whole number, or "all" (the whole split: None)."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ProfileError(f"{key} must be a whole number of examples, 1 or more, or \"all\" for the whole "
+                           f"split; got {value!r}.")
+    return count
