@@ -1,5 +1,7 @@
 """Profiles: looking them up, choosing one from the machine, and overriding data and sizes."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -9,10 +11,15 @@ from utils.plumbing.hub import hub_reachable
 from utils.profiles import (
     DECODER_ONLY,
     ENCODER_DECODER,
+    GPU_HEADROOM,
+    MODEL_SHAPES,
     PROFILES,
+    ModelShape,
     ProfileError,
     choose_profile,
     get_profile,
+    profile_peak_bytes,
+    training_peak_bytes,
     with_overrides,
 )
 
@@ -31,10 +38,12 @@ def fresh_hub_answer():
 def machine(monkeypatch):
     """Pretend to be a machine: set whether it is Colab, has CUDA, reaches the Hub."""
 
-    def pretend(colab=False, cuda=False, hub=False):
+    def pretend(colab=False, cuda=False, hub=False, gpu_gb=80):
         monkeypatch.setattr(utils.profiles, "in_colab", lambda: colab)
         monkeypatch.setattr(utils.profiles, "cuda_available", lambda: cuda)
         monkeypatch.setattr(utils.plumbing.hub, "hub_reachable", lambda *args, **kwargs: hub)
+        properties = SimpleNamespace(total_memory=gpu_gb * 2**30, name="pretend GPU")
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=0: properties)
 
     return pretend
 
@@ -118,13 +127,51 @@ def test_colab_gets_the_colab_profile(machine):
     assert "Colab" in reason
 
 
-def test_cuda_with_the_hub_gets_the_gpu_profile(machine):
-    machine(colab=False, cuda=True, hub=True)
+def test_a_large_cuda_gpu_with_the_hub_gets_the_gpu_profile(machine):
+    machine(colab=False, cuda=True, hub=True, gpu_gb=80)
 
     profile, reason = choose_profile({})
 
     assert profile.name == "gpu"
-    assert "reachable" in reason
+    assert "a CUDA GPU with 80 GB and the Hugging Face Hub: the gpu profile" in reason and "estimated" in reason
+
+
+@pytest.mark.parametrize("gpu_gb", [8, 16, 24])
+def test_a_smaller_cuda_gpu_gets_the_colab_profiles_sizes_and_says_why(machine, gpu_gb):
+    machine(colab=False, cuda=True, hub=True, gpu_gb=gpu_gb)
+
+    profile, reason = choose_profile({})
+
+    assert profile.name == "colab"
+    assert reason.startswith(f"a CUDA GPU with {gpu_gb} GB: the colab profile's sizes")
+    assert ("COURSE_PROFILE=offline" in reason) == (gpu_gb == 8)  # where even colab's estimate does not fit
+
+
+def test_the_gpu_profile_is_chosen_exactly_where_its_estimated_peak_fits(machine):
+    needed = profile_peak_bytes(PROFILES["gpu"]) / 2**30 / GPU_HEADROOM
+    machine(colab=False, cuda=True, hub=True, gpu_gb=needed * 1.01)
+    assert choose_profile({})[0].name == "gpu"
+    machine(colab=False, cuda=True, hub=True, gpu_gb=needed * 0.99)
+    assert choose_profile({})[0].name == "colab"
+
+
+def test_the_training_peak_estimate_adds_states_activations_and_logits():
+    shape = ModelShape(parameters=1000, width=8, feed_forward=16, heads=2, encoder_layers=0, decoder_layers=3,
+                       vocab=50, attention_scores_kept=True)
+    per_token_layer = 10 * 8 + 5 * 16 + 3 * 2 * 6  # six tokens: four of prompt, two of answer
+    expected = 16 * 1000 + 4 * 2 * (3 * 6 * per_token_layer + 3 * 2 * 50)  # batch 2
+    assert training_peak_bytes(shape, batch=2, source_tokens=4, target_tokens=2) == expected
+    # twice the batch: the model states stay, the activations double
+    assert training_peak_bytes(shape, 4, 4, 2) - training_peak_bytes(shape, 2, 4, 2) == expected - 16 * 1000
+
+
+def test_the_estimates_shape_of_flan_t5_is_the_stand_ins():
+    from utils.apps.hub_standins import FLAN_T5, FLAN_T5_BASE_DIMENSIONS
+
+    shape = MODEL_SHAPES[FLAN_T5]
+    assert (shape.width, shape.feed_forward, shape.heads, shape.encoder_layers, shape.decoder_layers) == tuple(
+        FLAN_T5_BASE_DIMENSIONS[key] for key in ("d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers"))
+    assert profile_peak_bytes(PROFILES["gpu"]) > profile_peak_bytes(PROFILES["colab"])  # batch 32 against 8
 
 
 def test_cuda_without_the_hub_gets_offline(machine):
@@ -185,12 +232,29 @@ def test_overrides_are_read_from_the_environment_by_default(monkeypatch):
     assert with_overrides(get_profile("tiny")).test_examples == 5
 
 
-def test_a_bad_example_count_raises_profile_error_naming_the_variable():
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])  # 0 is not "no limit": "all" is
+def test_a_bad_example_count_raises_profile_error_naming_the_variable(value):
     with pytest.raises(ProfileError) as raised:
-        with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": "lots"})
+        with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": value})
 
     assert "COURSE_TRAIN_EXAMPLES" in str(raised.value)
-    assert "lots" in str(raised.value)
+    assert repr(value) in str(raised.value) and '"all"' in str(raised.value)
+
+
+def test_all_examples_is_spelt_all_as_in_the_profiles_file():
+    assert with_overrides(get_profile("tiny"), {"COURSE_TRAIN_EXAMPLES": "all"}).train_examples is None
+
+
+@pytest.mark.parametrize("value", ["maybe", "on", "2"])
+def test_course_smoke_other_than_1_or_0_is_a_profile_error(value):
+    with pytest.raises(ProfileError, match=f"COURSE_SMOKE must be 1 or 0.*{value}"):
+        with_overrides(get_profile("offline"), {"COURSE_SMOKE": value})
+    assert with_overrides(get_profile("offline"), {"COURSE_SMOKE": "false"}) == get_profile("offline")
+
+
+def test_an_unknown_mixed_precision_is_a_profile_error():
+    with pytest.raises(ProfileError, match="COURSE_MIXED_PRECISION must be one of auto, bf16, no, not 'fp8'"):
+        with_overrides(get_profile("offline"), {"COURSE_MIXED_PRECISION": "fp8"})
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -223,6 +287,18 @@ def test_the_online_profiles_name_the_hub_repositories_they_load():
     assert ("google/flan-t5-base", "model") in repos and ("knkarthick/dialogsum", "dataset") in repos
     assert len(repos) == 4
     assert hub_repos(get_profile("offline")) == []
+
+
+def test_the_hub_check_asks_only_for_what_the_selected_notebooks_load():
+    from utils.profiles import ONLINE_REWARD_BACKBONE, ONLINE_TOXICITY_CLASSIFIER, hub_repos
+
+    def ids(notebooks):
+        return {repo.repo_id for repo in hub_repos(get_profile("colab"), notebooks)}
+
+    assert ids(["02", "03"]) == {"google/flan-t5-base", "knkarthick/dialogsum"}
+    assert ids(["06_rlhf_ppo"]) == {"google/flan-t5-base", "knkarthick/dialogsum", ONLINE_TOXICITY_CLASSIFIER}
+    assert ONLINE_REWARD_BACKBONE in ids(["07"]) and ONLINE_TOXICITY_CLASSIFIER not in ids(["07"])
+    assert len(ids(["99_new"])) == 4  # a notebook the list does not know: everything, to be safe
 
 
 # --- configs/profiles.toml --------------------------------------------------------------------
