@@ -93,10 +93,10 @@ upgrade:
 	echo "Upgrade refused: a check failed (above); the previous lock is back."; exit 1; fi
 
 # Run the offline notebooks headless in a folder of their own for this lock (from scratch; a rerun
-# after an interruption continues), then compare each recorded figure with docs/RESULTS.md.
+# after an interruption continues), then compare each float32 figure of docs/expected_results.toml.
 # NOTEBOOKS="04" checks some of them. Prints every figure that moved. Training in float32
-# (COURSE_MIXED_PRECISION=no) on every machine: the recorded figures are float32 figures, which both
-# kinds of CPU reproduce; bf16 autocast, where the CPU has it, moves them (docs/RESULTS.md).
+# (COURSE_MIXED_PRECISION=no) on every machine: both kinds of CPU reproduce the float32 figures;
+# bf16 autocast, where the CPU has it, moves them (its figures are recorded apart, docs/RESULTS.md).
 CHECK_RUNS := runs/check-$(shell sha256sum $(LOCK) | cut -c1-12)-fp32
 CHECK_ENV := COURSE_PROFILE=offline COURSE_MIXED_PRECISION=no COURSE_RUNS_DIR=$(CHECK_RUNS)
 check-results: $(STAMP)
