@@ -111,6 +111,16 @@ class Profile:
     dpo_batch_size: int
     dpo_learning_rate: float
     dpo_beta: float
+    # GRPO (notebook 09): steps, prompts per step and responses sampled per prompt (the group), the
+    # learning rate of the fresh LoRA adapter, beta (the weight of the KL to the reference), the
+    # sampling temperature, and the steps of the run on one checkable reward alone.
+    grpo_steps: int
+    grpo_prompts_per_step: int
+    grpo_group_size: int
+    grpo_learning_rate: float
+    grpo_beta: float
+    grpo_temperature: float
+    grpo_gamed_steps: int
     # Reward model (notebook 07): passes over the training pairs, or a fixed number of steps (-1: use epochs).
     reward_epochs: float
     reward_max_steps: int
@@ -334,6 +344,7 @@ SMOKE_SIZES = (
     "forgetting_train_examples", "forgetting_batch_size", "eval_batch_size", "max_new_tokens", "lora_rank",
     "sweep_ranks", "sweep_train_examples", "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
     "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps", "dpo_steps", "dpo_batch_size",
+    "grpo_steps", "grpo_prompts_per_step", "grpo_group_size", "grpo_gamed_steps",
 )
 
 
