@@ -103,8 +103,8 @@ class Profile:
     ppo_temperature: float
     ppo_target_kl: float  # per-response KL from the reference the adaptive coefficient aims at
     ppo_eval_seeds: int
-    ppo_hacking_steps: int
-    ppo_hacking_learning_rate: float
+    ppo_hacking_steps: int  # the run without the KL penalty: the main run's settings but beta = 0
+    ppo_reasons: dict  # why each PPO setting has its value: {PPOConfig field: reason}, shown by notebook 06
     # DPO (notebook 08): optimizer steps, preference pairs per step, learning rate of the fresh LoRA
     # adapter, and beta, the strength of the implicit KL penalty.
     dpo_steps: int
@@ -343,7 +343,7 @@ SMOKE_SIZES = (
     "train_examples", "validation_examples", "test_examples", "epochs", "max_steps", "batch_size", "forgetting_epochs",
     "forgetting_train_examples", "forgetting_batch_size", "eval_batch_size", "max_new_tokens", "lora_rank",
     "sweep_ranks", "sweep_train_examples", "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
-    "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "reward_max_steps", "dpo_steps", "dpo_batch_size",
+    "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "ppo_reasons", "reward_max_steps", "dpo_steps", "dpo_batch_size",
     "grpo_steps", "grpo_prompts_per_step", "grpo_group_size", "grpo_gamed_steps",
 )
 
