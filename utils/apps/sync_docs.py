@@ -166,6 +166,10 @@ def notebooks_block(expected: Expected, run: dict | None, root: Path) -> str:
         lines.append(f"| [{path.stem[:2]} · {title}](notebooks/{path.name}) | "
                      f"{_minutes(seconds) if seconds else 'not measured yet'} | {before} | "
                      f"{'; '.join(seen) or 'not recorded yet'} |")
+    if timed:
+        total = sum(entry.get("seconds") or 0 for entry in timed.values())
+        lines += ["", f"All of them: {total / 60:.0f} minutes in the reference run ({run.get('precision', '')}, "
+                  f"{run.get('machine', '')})."]
     return "\n".join(lines) + "\n"
 
 
