@@ -9,15 +9,17 @@ import platform
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
+import psutil
 import zmq
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
 from traitlets.config import Config
 
-from utils.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
+from utils.models import NATIVE_BF16_CPU_FLAGS, cpu_flags, training_precision
 from utils.plumbing.files import PROJECT_ROOT, runs_dir, write_json_atomic, write_text_atomic
 from utils.plumbing.measure import matrix_product_gflops
 from utils.profiles import Profile
@@ -85,11 +87,46 @@ def slowest_cells(notebook: nbformat.NotebookNode, count: int = 3) -> list[dict]
     return sorted(timed, key=lambda item: -item["seconds"])[:count]
 
 
-def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> tuple[bool, float, str]:
-    """Execute one notebook with COURSE_PROFILE set; save the executed copy. (ok, seconds, error)."""
+def kernel_peak_ram_mb(pid: int) -> float:
+    """The peak resident memory (RAM) of process `pid` so far, in MB.
+
+    On Linux: the kernel's high-water mark of the process's resident set (VmHWM in /proc/<pid>/status),
+    exact over the process's whole life. Elsewhere: its resident set now (psutil), which the runner reads
+    after every cell, so a lower bound. Child processes the kernel starts are not counted.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return 0.0
+
+
+class NotebookRun(NamedTuple):
+    """How one notebook's run went: ok, its wall time, the last line of its error, the kernel's peak RAM."""
+
+    ok: bool
+    seconds: float
+    error: str
+    peak_ram_mb: float
+
+
+def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> NotebookRun:
+    """Execute one notebook with COURSE_PROFILE set; save the executed copy."""
     notebook = nbformat.read(path, as_version=4)
     code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)
     bar = tqdm(total=code_cells, desc=path.stem, unit="cell")
+    peak_ram_mb = 0.0
+
+    def cell_executed(**_) -> None:
+        nonlocal peak_ram_mb
+        bar.update(1)
+        peak_ram_mb = max(peak_ram_mb, kernel_peak_ram_mb(client.km.provisioner.pid))
+
     client = NotebookClient(
         notebook,
         timeout=timeout_seconds,
@@ -98,7 +135,7 @@ def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> t
         kernel_name="python3",
         config=kernel_manager_config(),
         resources={"metadata": {"path": str(path.parent)}},
-        on_cell_executed=lambda **_: bar.update(1),
+        on_cell_executed=cell_executed,
     )
     os.environ["COURSE_PROFILE"] = profile.name  # the kernel inherits it (and COURSE_DATA, if set)
     started = time.perf_counter()
@@ -113,7 +150,7 @@ def run_notebook(path: Path, profile: Profile, timeout_seconds: int = 3600) -> t
     executed = runs_dir(profile.run_name) / "notebooks" / path.name
     executed.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(executed, nbformat.writes(notebook))
-    return not error, seconds, error
+    return NotebookRun(not error, seconds, error, peak_ram_mb)
 
 
 def executed_notebook(profile: Profile, name: str) -> nbformat.NotebookNode | None:
@@ -127,6 +164,7 @@ def run_course(profile: Profile, selected: list[str] | None = None, redo: bool =
     status_path = runs_dir(profile.run_name) / "status.json"
     status = json.loads(status_path.read_text()) if status_path.exists() and not redo else {}
     all_ok = True
+    precision = "bf16 autocast" if training_precision(profile)[0] is not None else "float32"  # what training uses
     for path in notebook_paths(selected):
         previous = status.get(path.stem, {})
         if previous.get("status") == "done" and previous.get("source") == _digest(path):
@@ -134,10 +172,11 @@ def run_course(profile: Profile, selected: list[str] | None = None, redo: bool =
             continue
         print(f"{path.stem}: running in profile {profile.run_name}...", flush=True)
         speed_before = matrix_product_gflops()
-        ok, seconds, error = run_notebook(path, profile)
+        ok, seconds, error, peak_ram_mb = run_notebook(path, profile)
         speed_after = matrix_product_gflops()
         executed = executed_notebook(profile, path.name)
-        status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1), "source": _digest(path),
+        status[path.stem] = {"status": "done" if ok else "failed", "seconds": round(seconds, 1),
+                             "peak_ram_mb": round(peak_ram_mb), "precision": precision, "source": _digest(path),
                              "machine": machine_summary(),
                              "matmul_gflops_before_after": [round(speed_before, 1), round(speed_after, 1)],
                              "slowest_cells": slowest_cells(executed) if executed is not None else []}
