@@ -12,6 +12,7 @@ from utils.data import batches, prompts_for, tokenize_for_training
 from utils.generation import generate
 from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
 from utils.models import autocast_dtype_name, inference_copy
+from utils.plumbing.out_of_memory import explained_out_of_memory
 from utils.profiles import Profile
 from utils.prompts import DEFAULT_TEMPLATE
 
@@ -70,4 +71,5 @@ def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """
     scored = inference_copy(model, autocast_dtype_name(profile))
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
-    return perplexity(scored, batches(tokenized, tokenizer, scored, profile.eval_batch_size))
+    with explained_out_of_memory("scoring perplexity", profile):
+        return perplexity(scored, batches(tokenized, tokenizer, scored, profile.eval_batch_size))

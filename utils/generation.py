@@ -27,6 +27,7 @@ from utils import families
 from utils.adapters import has_soft_prompt
 from utils.families import generated_answer, prompt_padding_side, prompts_can_share_a_prefix
 from utils.models import inference_copy, weights_fingerprint
+from utils.plumbing.out_of_memory import explained_out_of_memory
 from utils.plumbing.reuse import keep_for_reuse, reused
 from utils.plumbing.run_state import fingerprint
 from utils.prompts import encode
@@ -94,6 +95,7 @@ def generate_ids(
     return outputs
 
 
+@explained_out_of_memory("generating")
 def _generate_ids(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool,
                   description: str, share_prompt_start: bool, generation_kwargs: dict) -> list[list[int]]:
     is_encoder_decoder = model.config.is_encoder_decoder

@@ -13,6 +13,7 @@ USER_ERRORS = {
     "utils.models": "ModelUnavailableError",
     "utils.plumbing.files": "DiskSpaceError",
     "utils.plumbing.hub": "HubUnreachableError",
+    "utils.plumbing.out_of_memory": "OutOfMemory",
     "utils.profiles": "ProfileError",
     "utils.quantization": "QuantizationUnavailable",
 }

@@ -1,0 +1,90 @@
+"""Out of memory, explained: which step ran out, what it asked for, and the settings that need less.
+
+Training, generation and scoring run inside `explained_out_of_memory(step, profile)`. A CUDA
+out-of-memory error, Python's MemoryError or PyTorch's "DefaultCPUAllocator: can't allocate memory"
+then becomes one OutOfMemory error whose message is a paragraph a learner can act on. Nothing is
+marked finished on the way out: a training's `finished.json` is written only after it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import traceback
+from collections.abc import Iterator
+
+CPU_ALLOCATOR_FAILURE = "DefaultCPUAllocator: can't allocate memory"
+
+
+class OutOfMemory(MemoryError):
+    """A step of the course ran out of GPU or CPU memory; the message says what lowers its need."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the machine running out of memory (CUDA's, the CPU's, Apple's MPS)."""
+    if isinstance(error, MemoryError):
+        return True
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (CPU_ALLOCATOR_FAILURE in text or "out of memory" in text)
+
+
+def requested(error: BaseException) -> str:
+    """What the failed allocation asked for, as the error says it ("2.00 GiB"), or "" when it does not say."""
+    text = str(error)
+    cuda = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text)
+    if cuda:
+        return cuda.group(1)
+    cpu = re.search(r"you tried to allocate (\d+) bytes", text)
+    return f"{int(cpu.group(1)) / 2**30:.2f} GiB" if cpu else ""
+
+
+def explanation(step: str, error: BaseException, profile=None) -> str:
+    """One paragraph: the step, what it asked for, the profile's sizes, and what needs less memory."""
+    import torch
+
+    on_gpu = isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA" in str(error)
+    where = "the GPU" if on_gpu else "the computer's RAM"
+    asked = requested(error)
+    parts = [f"Out of memory in {where} while {step}" + (f" (one more allocation of {asked} failed)." if asked else ".")]
+    if profile is not None:
+        from utils.profiles import profile_peak_bytes
+
+        peak = profile_peak_bytes(profile)
+        need = f"; its training needs about {peak / 2**30:.0f} GB at the longest inputs (estimated)" if peak else ""
+        parts.append(f"Profile {profile.name} trains batches of {profile.batch_size} x {profile.max_source_tokens}"
+                     f" tokens and generates {profile.eval_batch_size} at a time{need}.")
+    parts.append("To need less: shut down other notebooks' kernels and close programs that hold memory; choose "
+                 "a smaller profile (COURSE_PROFILE=colab on a GPU of less than 48 GB, COURSE_PROFILE=offline "
+                 "on a laptop); or run at test sizes (COURSE_SMOKE=1).")
+    if profile is not None and profile.mixed_precision == "no":
+        parts.append("COURSE_MIXED_PRECISION=auto trains in bf16 where the hardware computes it, with smaller activations.")
+    parts.append("Finished trainings and complete checkpoints are kept: run it again and it goes on from there.")
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def explained_out_of_memory(step: str, profile=None) -> Iterator[None]:
+    """Run the block; an out-of-memory error in it becomes OutOfMemory, explained (other errors pass)."""
+    message = None
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if isinstance(error, OutOfMemory) or not is_out_of_memory(error):
+            raise
+        message = explanation(step, error, profile)
+        traceback.clear_frames(error.__traceback__)  # the failed step's tensors, held by its frames, can go
+        error.__traceback__ = None
+    if message is not None:
+        _release_cached_gpu_memory()
+        raise OutOfMemory(message) from None
+
+
+def _release_cached_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
