@@ -1,5 +1,5 @@
 """Command line: `python -m utils {check-data,prepare,run,report,measure-training,sync-colab,check-results,
-record-expected,sync-docs,export,train}`.
+record-expected,sync-docs,export,train,reference,sync-times}`.
 
 A user's mistake (bad file, unknown profile, no Hub) ends with a one-line message and
 exit code 2, never a traceback.
@@ -127,6 +127,34 @@ def _sync_colab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from utils.apps.reference import SIZE_WARNING_BYTES, ReferenceRunError, folder_bytes, write_reference
+    from utils.plumbing.files import runs_dir
+    from utils.profiles import get_profile, with_overrides
+
+    profile = with_overrides(get_profile(args.profile))
+    try:
+        written = write_reference(runs_dir(profile.run_name), profile.name)
+    except ReferenceRunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR
+    size = folder_bytes(written[0].parent)
+    print(f"Reference run of profile {profile.name}: {len(written)} files in {written[0].parent}, "
+          f"{size / 2**20:.1f} MB" + (" (more than a few MB: look at its largest outputs)"
+                                       if size > SIZE_WARNING_BYTES else ""))
+    return 0
+
+
+def _sync_times(args: argparse.Namespace) -> int:
+    from utils.apps.runner import notebook_paths
+    from utils.apps.times import sync_time_lines
+
+    paths = args.notebooks or notebook_paths()
+    changed = sync_time_lines(paths)
+    print(f"Time line updated in {len(changed)} of {len(paths)} notebook(s)" + "".join(f"\n  {p}" for p in changed))
+    return 0
+
+
 def _check_results(args: argparse.Namespace) -> int:
     from utils.apps.check_results import check
     from utils.plumbing.results import load_results
@@ -224,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     colab.add_argument("--revision", help="the tag or branch the Colab cells install (default: the tag of the "
                        "commit checked out, else main)")
     colab.set_defaults(handler=_sync_colab)
+    reference = commands.add_parser("reference", help="copy a finished run's executed notebooks, cleaned, into "
+                                    "reference/<profile>/ with run.json (times, peak RAM, machine, commit, lock)")
+    reference.add_argument("--profile", default="offline", help="the run's profile (default: offline)")
+    reference.set_defaults(handler=_reference)
+    times = commands.add_parser("sync-times", help="write each notebook's **Time**: line from reference/*/run.json")
+    times.add_argument("notebooks", nargs="*", help="notebook files (default: every notebook in notebooks/)")
+    times.set_defaults(handler=_sync_times)
     results = commands.add_parser("check-results", help="compare runs/offline/results.json with the figures "
                                   "docs/expected_results.toml records")
     results.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 04 (default: every recorded figure)")
