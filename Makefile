@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run lab test test-long clean lock upgrade check-results
+.PHONY: setup run lab test test-long clean lock upgrade check-results reference
 
 setup: $(STAMP)
 
@@ -103,3 +103,15 @@ check-results: $(STAMP)
 	COURSE_PROFILE=offline $(VENV_PY) -m utils prepare
 	$(CHECK_ENV) $(VENV_PY) -m utils run $(NOTEBOOKS)
 	$(CHECK_ENV) $(VENV_PY) -m utils check-results $(NOTEBOOKS)
+
+# The reference run kept in the repository: the offline course from scratch in a runs folder of its own, then
+# its executed notebooks, cleaned, in reference/offline/ with run.json (times, peak RAM, machine, commit, lock),
+# and each notebook's **Time** line written from it. Commit reference/ and notebooks/ afterwards.
+REFERENCE_RUNS := runs/reference
+REFERENCE_ENV := COURSE_PROFILE=offline COURSE_RUNS_DIR=$(REFERENCE_RUNS) $(TEST_ENV)
+reference: $(STAMP)
+	rm -rf $(REFERENCE_RUNS)
+	COURSE_PROFILE=offline $(VENV_PY) -m utils prepare
+	$(REFERENCE_ENV) $(VENV_PY) -m utils run
+	$(REFERENCE_ENV) $(VENV_PY) -m utils reference --profile offline
+	$(VENV_PY) -m utils sync-times
