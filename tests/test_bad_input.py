@@ -9,9 +9,11 @@ unknown profile for check-data (test_check_data.py), the Hub check (test_hub.py)
 folder of another model (test_interruption.py).
 """
 
+import errno
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,6 +24,7 @@ import pytest
 import torch
 
 import utils.plumbing.files
+import utils.plumbing.hub
 import utils.quantization
 from utils.apps.cli import main
 from utils.data import load_profile_data
@@ -254,3 +257,156 @@ def test_converting_smollm2_on_a_full_disk_raises_before_converting(nearly_full_
         ensure_smollm2()
 
     assert list(nearly_full_disk.iterdir()) == []
+
+
+# --- a careless learner's slips: each ends in one line and exit code 2, or works; nothing finished is lost -----
+
+
+@pytest.fixture
+def train(monkeypatch, capsys, one_thread):
+    """`python -m utils train full` in the tiny profile here: (exit code, stdout, stderr); never a traceback."""
+
+    def run(**environment):
+        monkeypatch.setenv("COURSE_PROFILE", "tiny")
+        for name in ("COURSE_TRAIN_EXAMPLES", "COURSE_SMOKE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        code = main(["train", "full"])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.out + captured.err
+        return code, captured.out, captured.err
+
+    return run
+
+
+def full_run(runs):
+    return runs / "tiny" / "checkpoints" / "full"
+
+
+def test_training_other_settings_keeps_the_finished_training_and_brings_it_back(train, isolated_runs):
+    assert train(COURSE_TRAIN_EXAMPLES="8")[0] == 0
+    first = json.loads((full_run(isolated_runs) / "finished.json").read_text())
+
+    code, out, _ = train()  # all the profile's examples: other settings
+
+    assert code == 0 and "holds a finished training of other settings: kept it as" in out
+    kept = next((isolated_runs / "tiny" / "checkpoints").glob("full.kept-*"))
+    assert json.loads((kept / "finished.json").read_text()) == first and (kept / "final").is_dir()
+    code, out, _ = train(COURSE_TRAIN_EXAMPLES="8")  # the first settings again: reused, not trained
+    assert code == 0 and "full: reused" in out
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_training_starts_afresh(train, isolated_runs):
+    assert train()[0] == 0
+    run = full_run(isolated_runs)
+    shutil.rmtree(run / "final")
+    (run / "finished.json").unlink()  # as if killed after its last checkpoint
+    checkpoint = next(run.glob("checkpoint-*"))
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a full disk cut it short
+
+    code, out, _ = train()
+
+    assert code == 0 and f"{checkpoint} is damaged" in out and "full: trained" in out
+    assert (run / f"damaged-{checkpoint.name}" / "model.safetensors").exists()  # renamed, not deleted
+    assert (run / "finished.json").exists()
+
+
+def test_a_truncated_final_model_resumes_from_the_last_checkpoint(train, isolated_runs):
+    assert train()[0] == 0
+    final = full_run(isolated_runs) / "final" / "model.safetensors"
+    final.write_bytes(final.read_bytes()[:1000])
+
+    code, out, _ = train()
+
+    assert code == 0 and "is damaged" in out and "Resuming from" in out
+    assert (full_run(isolated_runs) / "damaged-final").is_dir()
+    assert train()[1].count("full: reused") == 1  # whole again
+
+
+def test_a_corrupt_training_json_sets_the_run_aside_and_trains_afresh(train, isolated_runs):
+    assert train()[0] == 0
+    (full_run(isolated_runs) / "training.json").write_text("{\"fingerpr")
+
+    code, out, _ = train()
+
+    assert code == 0 and "training.json is damaged" in out and "full: trained" in out
+    assert (isolated_runs / "tiny" / "checkpoints" / "damaged-full" / "finished.json").exists()
+
+
+def test_ctrl_c_while_training_says_how_to_resume(train, monkeypatch):
+    from transformers import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+
+    code, _, err = train()
+
+    assert code == 130 and "run the same command again" in err
+
+
+def test_a_read_only_runs_folder_exits_2_naming_it(train, monkeypatch, isolated_runs):
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(utils.plumbing.files.tempfile, "mkstemp", read_only)
+
+    code, _, err = train()
+
+    assert code == 2 and err.startswith(f"error: cannot write {isolated_runs}") and "COURSE_RUNS_DIR" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_a_number_of_examples_below_1_exits_2(in_process, value):
+    code, line = in_process("train", "full", COURSE_PROFILE="tiny", COURSE_TRAIN_EXAMPLES=value)
+
+    assert code == 2 and "COURSE_TRAIN_EXAMPLES must be a whole number of examples, 1 or more" in line
+
+
+@pytest.mark.parametrize("variable, value", [("COURSE_SMOKE", "maybe"), ("COURSE_SMOKE", "2"),
+                                             ("COURSE_MIXED_PRECISION", "fp8")])
+def test_a_value_prepare_cannot_use_exits_2_naming_the_variable(in_process, variable, value):
+    code, line = in_process("prepare", COURSE_PROFILE="tiny", **{variable: value})
+
+    assert code == 2 and variable in line and repr(value) in line
+
+
+@pytest.mark.parametrize("selected", ["99", ""])
+def test_run_of_no_notebook_exits_2_naming_the_notebooks(in_process, isolated_runs, selected):
+    code, line = in_process("run", selected, COURSE_PROFILE="tiny")
+
+    assert code == 2 and f"No notebook starts with {selected!r}" in line and "01_prompting" in line
+    assert not (isolated_runs / "tiny" / "REPORT.md").exists()
+
+
+def test_the_hub_check_of_run_asks_only_for_what_the_selected_notebooks_load(in_process, monkeypatch):
+    asked = []
+
+    def missing(what, repos):
+        asked.extend(repo.repo_id for repo in repos)
+        raise HubUnreachableError("pretend: not cached")
+
+    monkeypatch.setattr(utils.plumbing.hub, "require_hub_or_cache", missing)
+    code, _ = in_process("run", "02", "03", COURSE_PROFILE="colab", COURSE_SMOKE="1")
+
+    assert code == 2 and sorted(asked) == ["google/flan-t5-base", "knkarthick/dialogsum"]
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc", "read-only"])
+def test_export_where_nothing_can_be_written_exits_2_before_loading_anything(in_process, tmp_path, monkeypatch, where):
+    (tmp_path / "notes.txt").write_text("a file")
+    output = {"under a file": tmp_path / "notes.txt" / "export", "/proc": Path("/proc/x"),
+              "read-only": tmp_path / "locked" / "export"}[where]
+    if where == "read-only":  # a read-only folder (chmod is no bar to root: the check is pretended)
+        (tmp_path / "locked").mkdir()
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "locked" and real_access(path, mode))
+
+    code, line = in_process("export", "full", str(output), COURSE_PROFILE="tiny")
+
+    assert code == 2 and "nothing was written" in line
+    assert {"under a file": "is a file", "/proc": "is not on a disk", "read-only": "is read-only"}[where] in line

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from utils.data import read_numbered_rows
+from utils.data import SPLITS, DataError, read_numbered_rows
 
 
 @dataclass
@@ -31,6 +31,21 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The files to check: `path` itself, or a folder's train, validation and test files (.jsonl or .csv),
+    as COURSE_DATA reads a folder. DataError names a split the folder lacks."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = {split: next((path / f"{split}{suffix}" for suffix in (".jsonl", ".csv")
+                          if (path / f"{split}{suffix}").exists()), None) for split in SPLITS}
+    missing = [split for split, file in files.items() if file is None]
+    if missing:
+        raise DataError(f"{path}: no {' or '.join(f'{split}.jsonl / {split}.csv' for split in missing)}. Fix: a folder "
+                        "holds train, validation and test files; or check one file.")
+    return list(files.values())
 
 
 def check_file(

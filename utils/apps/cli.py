@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 USER_ERROR = 2
+INTERRUPTED_CODE = 130  # what a shell reports for a command stopped by Ctrl-C
 # The methods that train (utils.apps.benchmark.TRAINING_METHODS, named here so parsing imports no torch).
 TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlora")
 
@@ -18,25 +20,29 @@ TRAINING_METHODS = ("full", "feature_extraction", "lora", "prompt_tuning", "qlor
 def _check_data(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from utils.apps.check_data import check_file, summary_lines
+    from utils.apps.check_data import check_file, data_files, summary_lines
     from utils.models import context_window, load_tokenizer, model_location
     from utils.profiles import choose_profile
 
     profile, _ = choose_profile()
+    files = data_files(args.path)  # a folder, as COURSE_DATA takes it: its train, validation and test files
     tokenizer = load_tokenizer(profile)
     context = context_window(AutoConfig.from_pretrained(model_location(profile)), tokenizer)
-    report = check_file(args.path, tokenizer, context, args.input_column, args.target_column)
-    if not report.ok:
-        print("\n".join(report.problems))
-        print(f"{len(report.problems)} problem(s) found; nothing was changed.")
+    reports = [check_file(path, tokenizer, context, args.input_column, args.target_column) for path in files]
+    problems = [problem for report in reports for problem in report.problems]
+    if problems:
+        print("\n".join(problems))
+        print(f"{len(problems)} problem(s) found; nothing was changed.")
         return USER_ERROR
-    print("\n".join(summary_lines(report, args.input_column, args.target_column)))
+    for report in reports:
+        print("\n".join(summary_lines(report, args.input_column, args.target_column)))
     print(f"(token counts with the tokenizer of profile {profile.name!r})")
     return 0
 
 
-def _checked_profile():
-    """The profile to run, checked before any work starts: the GPU, the Hub and the data it needs.
+def _checked_profile(notebooks: list[str] | None = None):
+    """The profile to run, checked before any work starts: the GPU, the Hub (what `notebooks` load;
+    None: every notebook) and the data it needs.
 
     A profile this machine cannot run stops here with one line (exit code 2), instead of every
     notebook failing in turn.
@@ -50,7 +56,7 @@ def _checked_profile():
 
     resolve_device(profile)  # ProfileError when it needs a CUDA GPU this machine lacks
     if profile.needs_hub:
-        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
+        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile, notebooks))
     if profile.data_label:  # COURSE_DATA: the user's own file or folder
         _check_course_data(profile.data, profile.seed)
     return profile, reason
@@ -77,7 +83,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    profile, reason = _checked_profile()
+    selected = selected_notebooks(args.notebooks)
+    profile, reason = _checked_profile([path.stem for path in selected])
     from utils.apps.runner import run_course
 
     print(f"Running the course in profile {profile.run_name} ({reason}).")
@@ -85,6 +92,21 @@ def _run(args: argparse.Namespace) -> int:
     path = _write_report(profile)
     print(f"Report: {path}")
     return 0 if ok else 1
+
+
+def selected_notebooks(prefixes: list[str]) -> list[Path]:
+    """The notebooks `run` runs: every one for no prefixes, else those whose name starts with a prefix.
+    A prefix that names none (or an empty one, which would name all) is a ProfileError listing them."""
+    from utils.plumbing.files import PROJECT_ROOT
+    from utils.profiles import ProfileError
+
+    notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    unknown = [prefix for prefix in prefixes if not prefix.strip()
+               or not any(path.name.startswith(prefix) for path in notebooks)]
+    if unknown:
+        raise ProfileError(f"No notebook starts with {', '.join(repr(u) for u in unknown)}. The notebooks: "
+                           f"{', '.join(path.stem for path in notebooks)} (give a prefix such as 02, or none for all).")
+    return [path for path in notebooks if not prefixes or any(path.name.startswith(p) for p in prefixes)]
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -202,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from utils.apps.train import train_method
 
-    profile, _ = _checked_profile()
+    profile, _ = _checked_profile(["02"])  # the notebooks that train these methods load the model and data only
     result = train_method(profile, args.method, args.lora_targets)
     if PartialState().is_main_process:
         losses = [round(entry["loss"], 4) for entry in result.history if "loss" in entry]
@@ -301,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     training.set_defaults(handler=_train)
     args = parser.parse_args(argv)
 
-    from utils.apps.errors import is_user_error
+    from utils.apps.errors import INTERRUPTED, user_message
 
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_CODE
     except Exception as error:
-        if not is_user_error(error):
+        message = user_message(error)
+        if message is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return USER_ERROR
 
 

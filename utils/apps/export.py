@@ -14,6 +14,7 @@ RUN is a run name under runs/<profile>/checkpoints/ ("full", "lora-r16"...), a m
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -228,7 +229,18 @@ def modelfile(gguf_name: str) -> str:
 
 
 def check_output(output: Path) -> None:
-    """ExportError when `output` holds anything but an earlier export (which the new one replaces)."""
+    """ExportError when `output` cannot be written (under a file, on no disk such as /proc, read-only) or
+    holds anything but an earlier export (which the new one replaces)."""
+    existing = next(folder for folder in (output.absolute(), *output.absolute().parents) if folder.exists())
+    if existing.is_file() and existing != output.absolute():
+        raise ExportError(f"{existing} is a file, so {output} cannot be a folder under it; nothing was written. "
+                          "Fix: name a folder elsewhere.")
+    if os.statvfs(existing).f_blocks == 0:
+        raise ExportError(f"{existing} is not on a disk (a system folder such as /proc holds no files); nothing "
+                          "was written. Fix: name a folder on a disk, e.g. exports/my-model.")
+    if not os.access(existing, os.W_OK):
+        raise ExportError(f"{existing} is read-only for you; nothing was written. Fix: name a folder you can "
+                          "write to.")
     if output.exists() and not (output / EXPORT_RECORD).exists() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(f"{output} exists and is not an earlier export; nothing was written. "
                           "Fix: name a new folder.")
@@ -255,8 +267,8 @@ def export_run(profile: Profile, run: str, output: Path, gguf_type: str | None =
     output = Path(output)
     if gguf_type is not None:
         check_gguf_possible(profile)
-    folder = run_folder(profile, run)
     check_output(output)
+    folder = run_folder(profile, run)
     model = finished_model(profile, folder)
     require_export_space(output.absolute(), model, gguf_type)
     tokenizer = load_tokenizer(profile)
