@@ -11,15 +11,21 @@ Both also take `prompts=`, the dialogue each text summarizes: a reward model tra
 `make_scorer(profile)` picks one: the hate-speech classifier of the original lab when the
 profile has the Hugging Face Hub, a small offline profanity model otherwise, or a reward
 model you trained yourself (a folder), read the same way as the Hub classifier.
+
+Rewards a program checks (notebook 09, GRPO) sit at the end: plain functions of (dialogue,
+summary) such as `names_the_speakers`, and `CombinedReward`, their weighted sum with 1 - toxicity.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -193,3 +199,85 @@ def make_scorer(
     if profile.needs_hub:
         return ClassifierScorer(DEFAULT_CLASSIFIER, non_toxic_label, device=resolve_device(profile))
     return ProfanityScorer()
+
+
+# --- rewards a program checks (notebook 09) -----------------------------------------------------
+# Each is a plain function of (dialogue, summary) that returns True or False: no model, nothing
+# learned, so it can be read in one screen and cannot be argued with. GRPO adds them up with the
+# toxicity score above, each with its weight (`CombinedReward`).
+
+SPEAKER = re.compile(r"^\s*(#?[\w ]+?#?)\s*:", re.MULTILINE)  # "#Person1#: ..." -> "#Person1#"
+LENGTH_BAND = (8, 30)  # words: a DialogSum summary is one to three sentences
+COPY_WORDS = 5  # a dialogue sentence this long or longer found word for word in the summary is a copy
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of `text`, speaker tags and punctuation left out of the comparison."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def length_in_band(dialogue: str, summary: str, band: tuple[int, int] = LENGTH_BAND) -> bool:
+    """The summary has between band[0] and band[1] words: neither a stub nor a retelling."""
+    return band[0] <= len(summary.split()) <= band[1]
+
+
+def speakers(dialogue: str) -> list[str]:
+    """The speakers the dialogue names, in order of first turn: the tag before each turn's colon."""
+    return list(dict.fromkeys(name.strip() for name in SPEAKER.findall(dialogue)))
+
+
+def names_the_speakers(dialogue: str, summary: str) -> bool:
+    """Every speaker of the dialogue is named in the summary (DialogSum names them by their tag)."""
+    return all(name in summary for name in speakers(dialogue))
+
+
+def copies_no_sentence(dialogue: str, summary: str, min_words: int = COPY_WORDS) -> bool:
+    """No sentence of the dialogue with at least `min_words` words appears word for word in the summary."""
+    spoken = SPEAKER.sub("", dialogue)
+    summary_words = " " + " ".join(words(summary)) + " "
+    for sentence in re.split(r"[.!?\n]+", spoken):
+        sentence_words = words(sentence)
+        if len(sentence_words) >= min_words and " " + " ".join(sentence_words) + " " in summary_words:
+            return False
+    return True
+
+
+CHECKS = {"length in band": length_in_band, "names the speakers": names_the_speakers,
+          "copies no sentence": copies_no_sentence}
+NON_TOXIC = "non-toxic"  # the combined reward's learned component: 1 - the scorer's toxicity
+
+
+class CombinedReward:
+    """A weighted sum of checks (0 or 1 each) and of 1 - toxicity (0..1), per (dialogue, summary).
+
+    `weights` maps a name in CHECKS, or NON_TOXIC, to its weight; `scorer` gives the toxicity
+    (any ToxicityScorer), needed only when NON_TOXIC has a weight. Calling it returns every
+    component, unweighted, and their weighted sum under "reward".
+    """
+
+    def __init__(self, weights: dict[str, float], scorer: ToxicityScorer | None = None):
+        unknown = set(weights) - set(CHECKS) - {NON_TOXIC}
+        if unknown:
+            raise ValueError(f"No reward named {sorted(unknown)}; choose from {[*CHECKS, NON_TOXIC]}.")
+        if NON_TOXIC in weights and scorer is None:
+            raise ValueError(f"The {NON_TOXIC!r} component needs a toxicity scorer.")
+        self.weights = dict(weights)
+        self.scorer = scorer
+        scorer_name = f"({scorer.name})" if NON_TOXIC in weights else ""
+        self.name = " + ".join(f"{w:g} x {n}{scorer_name if n == NON_TOXIC else ''}" for n, w in self.weights.items())
+
+    def __call__(self, summaries: list[str], dialogues: list[str]) -> dict[str, list[float]]:
+        """{component: one score per summary} for each weighted component, and "reward": their weighted sum."""
+        if len(summaries) != len(dialogues):
+            raise ValueError(f"{len(summaries)} summaries for {len(dialogues)} dialogues: give one dialogue each.")
+        components = {name: [float(CHECKS[name](d, s)) for d, s in zip(dialogues, summaries)]
+                      for name in self.weights if name in CHECKS}
+        if NON_TOXIC in self.weights:
+            components[NON_TOXIC] = [1.0 - t for t in self.scorer.toxicity(list(summaries))]
+        total = [sum(self.weights[name] * components[name][i] for name in self.weights) for i in range(len(summaries))]
+        return {**{name: components[name] for name in self.weights}, "reward": total}
+
+
+def pass_table(check: Callable[[str, str], bool], dialogues: list[str], samples: list[list[str]]) -> np.ndarray:
+    """1.0 where a sampled summary passes `check`, else 0.0: shaped like `samples` (dialogues x seeds)."""
+    return np.array([[float(check(dialogue, text)) for text in row] for dialogue, row in zip(dialogues, samples)])
