@@ -161,3 +161,42 @@ def test_an_adapter_starts_the_same_whatever_the_process_drew_before_and_leaves_
     torch.manual_seed(7)
     add_lora(load_model_and_tokenizer(tiny_profile)[0], rank=4)
     assert torch.equal(torch.rand(3), expected)  # the process's random stream is not reset by it
+
+
+def test_notebook_03s_visible_lora_config_is_the_adapter_add_lora_builds(tiny_profile):
+    # Notebook 03 builds its first adapter with LoraConfig + get_peft_model in sight, and add_lora
+    # afterwards: the two must be one adapter, so that trainings reused by name compare truthfully.
+    from peft import LoraConfig, get_peft_model
+
+    from utils.adapters import ADAPTER_SEED
+    from utils.families import peft_task_type
+
+    by_hand, _ = load_model_and_tokenizer(tiny_profile)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=tiny_profile.lora_dropout,
+                        target_modules=attention_targets(by_hand),
+                        task_type=peft_task_type(by_hand.config.is_encoder_decoder))
+    torch.manual_seed(ADAPTER_SEED)
+    by_hand = get_peft_model(by_hand, config)
+    by_add_lora = add_lora(load_model_and_tokenizer(tiny_profile)[0], rank=4, dropout=tiny_profile.lora_dropout)
+
+    assert by_hand.peft_config["default"].to_dict() == by_add_lora.peft_config["default"].to_dict()
+    mine, theirs = by_hand.state_dict(), by_add_lora.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+
+
+def test_method_record_counts_the_base_models_weights_and_the_adapters_apart(tiny_model_and_tokenizer):
+    from types import SimpleNamespace
+
+    from utils.adapters import method_record
+
+    model, _ = tiny_model_and_tokenizer
+    _, base = count_parameters(model)
+    wrapped = add_lora(model, rank=2)
+    training = SimpleNamespace(train_seconds=3.0, tokens_per_second=100.0, peak_memory_mb=50.0)
+
+    record = method_record({"rouge1": 0.3}, training, wrapped, rank=2)
+
+    assert record["total_params"] == base
+    assert 0 < record["trainable_params"] == count_parameters(wrapped)[0] < base
+    assert (record["rouge1"], record["rank"], record["train_seconds"]) == (0.3, 2, 3.0)

@@ -155,3 +155,18 @@ def nearest_tokens(model: PeftModel, tokenizer: PreTrainedTokenizerBase, k: int 
     vocabulary = torch.nn.functional.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
     closest = (prompt @ vocabulary.T).topk(k, dim=-1).indices
     return [[tokenizer.decode([int(i)]) for i in row] for row in closest]
+
+
+def method_record(scores: dict, training, model: torch.nn.Module, **extra) -> dict:
+    """What a notebook records for a method it trained: `run.record(method, **method_record(...))`.
+
+    Its scores, its trainable parameters and the base model's (an adapter's own weights are not
+    counted in the total), what the training took (`training` is a utils.training.TrainingRun) and
+    `extra` fields such as the rank or the bytes saved.
+    """
+    from utils.models import count_parameters  # utils.models imports this module
+
+    trainable, total = count_parameters(model)
+    base = total - trainable if hasattr(model, "peft_config") else total
+    return {**scores, "trainable_params": trainable, "total_params": base, "train_seconds": training.train_seconds,
+            "tokens_per_second": training.tokens_per_second, "peak_memory_mb": training.peak_memory_mb, **extra}
