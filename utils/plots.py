@@ -214,3 +214,25 @@ def plot_stacked_bars(bars: dict[str, dict[str, float]], xlabel: str, title: str
     axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(parts), 3))
     figure.tight_layout()
     return figure
+
+
+# Notebook 09: a GRPO run, step by step.
+def plot_grpo_steps(history: Sequence[dict], components: Sequence[str], window: int = 3):
+    """Four panels against the GRPO step: the mean of each reward component, the KL to the reference, the
+    share of responses in groups whose rewards were all equal, and the loss. Dots: each step; lines: running mean."""
+    steps = [record["step"] for record in history]
+    panels = {"reward components (mean of the step)": list(components), "KL to the reference (per token)": ["kl"],
+              "share in groups of equal rewards": ["zero_variance_share"], "loss": ["loss"]}
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 3.4))
+    for ax, (title, keys) in zip(axes, panels.items()):
+        for colour, key in enumerate(keys):
+            values = [record[key] for record in history]
+            ax.plot(steps, values, ".", color=f"C{colour}", alpha=0.5)
+            ax.plot(steps, running_mean(values, window), "-", color=f"C{colour}", label=key)
+            if min(values) < 0 < max(values):
+                ax.axhline(0, color="gray", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("GRPO step")
+        ax.set_title(title, fontsize="medium")
+    axes[0].legend(fontsize="x-small", title=f"dots: each step; line: mean of {window}", title_fontsize="x-small")
+    figure.tight_layout()
+    return figure
