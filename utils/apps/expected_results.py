@@ -212,7 +212,7 @@ def record_expected(expected: Expected, records: list[dict], source: Source,
     if source.id in sources and sources[source.id] != source:
         source = replace(source, id=source_id(source.precision, source.commit, sources))
     sources[source.id] = source
-    new = []
+    new, unrecorded = [], set()
     for record in chosen:
         variant = record.get("variant", "")
         for name, value in record.items():
@@ -221,6 +221,8 @@ def record_expected(expected: Expected, records: list[dict], source: Source,
             if number is not None and tolerance is not None:
                 new.append(Figure(record["notebook"], record["method"], variant, name, round(number, 4),
                                   tolerance, source.id, source.precision))
+            elif number is not None:
+                unrecorded.add(name)
     lines = []
     for figure in new:
         old = before.pop(figure.key, None)
@@ -229,6 +231,8 @@ def record_expected(expected: Expected, records: list[dict], source: Source,
         elif abs(old.recorded - figure.recorded) > old.tolerance:
             lines.append(f"moved   {figure.label}: {old.recorded:g} -> {figure.recorded:g} (tolerance {old.tolerance:g})")
     lines += [f"gone    {old.label}: {old.recorded:g} (not in these records)" for old in before.values()]
+    if unrecorded:
+        lines.append(f"not recorded (no tolerance; --tolerance NAME=VALUE records one): {', '.join(sorted(unrecorded))}")
     kept = [f for f in expected.figures if not (f.precision == source.precision and f.notebook in covered)]
     figures = sorted([*kept, *new], key=lambda f: (f.notebook, PRECISIONS.index(f.precision)
                                                    if f.precision in PRECISIONS else len(PRECISIONS)))

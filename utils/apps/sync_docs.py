@@ -71,14 +71,15 @@ def load_run(path: Path = RUN_JSON) -> dict | None:
 
 
 def notebook_header(path: Path) -> tuple[str, str]:
-    """(title, what to do first) from a notebook's title cell: `# NN · Title` and its "Before this:" line."""
+    """(title, what to do first) from a notebook's title cell: `# NN · Title` and the first sentence of its
+    "Before this:" line."""
     notebook = nbformat.read(path, as_version=4)
     cell = next((c for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("# ")), None)
     if cell is None:
         return path.stem, "—"
     title = cell.source.splitlines()[0][2:].split("·", 1)[-1].strip()
     before = re.search(r"Before this\**:?\**\s*(.+)", cell.source)
-    return title, before.group(1).strip().strip("*").rstrip(".") if before else "—"
+    return title, before.group(1).split(". ")[0].strip().strip("*").rstrip(".") if before else "—"
 
 
 def _value(figure: Figure | None) -> str:
@@ -190,8 +191,8 @@ def notebook_times_block(expected: Expected, run: dict | None, root: Path) -> st
     for name, entry in run.get("notebooks", {}).items():
         seconds, memory = entry.get("seconds"), entry.get("peak_ram_mb")
         total += seconds or 0
-        lines.append(f"| {name} | {seconds:.0f} | {f'{memory / 1024:.1f} GB' if memory else '—'} |")
-    lines.append(f"| all | {total:.0f} ({total / 60:.0f} min) | |")
+        lines.append(f"| {name} | {seconds:,.0f} | {f'{memory / 1024:.1f} GB' if memory else '—'} |")
+    lines.append(f"| all | {total:,.0f} ({total / 60:.0f} min) | |")
     lines += ["", f"Reference run: `make run` in the {run.get('profile', 'offline')} profile, {run.get('precision', '')}, "
               f"commit {str(run.get('commit', ''))[:8]}, lock {run.get('lock', '')}, on {run.get('machine', '')} "
               "(reference/offline/run.json)."]
