@@ -1,13 +1,18 @@
 """Out of memory, explained: the error is forced (monkeypatch) where training, generation and scoring
 would meet it, and must come back as one paragraph naming the step and the settings that need less,
-with nothing marked finished."""
+with nothing marked finished. And the warning before a notebook starts on a machine with less free
+memory than the notebook used in the reference run."""
+
+import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import Trainer
 
+import utils.plumbing.out_of_memory
 from utils.apps.cli import main
-from utils.plumbing.out_of_memory import OutOfMemory, explained_out_of_memory, is_out_of_memory
+from utils.plumbing.out_of_memory import OutOfMemory, explained_out_of_memory, is_out_of_memory, low_memory_warning
 from utils.profiles import get_profile
 
 CUDA_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.63 GiB of which "
@@ -83,3 +88,46 @@ def test_scoring_out_of_memory_names_the_perplexity(monkeypatch):
     monkeypatch.setattr(utils.evaluation, "perplexity", no_memory)
     with pytest.raises(OutOfMemory, match="while scoring perplexity.*Profile tiny"):
         utils.evaluation.split_perplexity(model, tokenizer, profile, load_profile_data(profile)["test"])
+
+
+# --- a learner's RAM, before a notebook starts ---------------------------------------------------
+
+
+def write_reference_run(path, peak_ram_mb):
+    path.write_text(json.dumps({"profile": "offline", "notebooks": {"03_lora": {"seconds": 300.0,
+                                                                                "peak_ram_mb": peak_ram_mb}}}))
+    return path
+
+
+def test_less_free_memory_than_the_reference_runs_peak_warns_saying_what_to_close(tmp_path):
+    run = write_reference_run(tmp_path / "run.json", 6000)
+
+    warning = low_memory_warning("03_lora", "offline", available_mb=3000, path=run)
+
+    assert "used up to 5.9 GB of RAM in the reference run" in warning and "2.9 GB free now" in warning
+    assert "Shut Down Kernel" in warning and "COURSE_SMOKE=1" in warning
+    assert low_memory_warning("03_lora", "offline", available_mb=8000, path=run) is None  # it fits
+
+
+def test_no_warning_where_nothing_was_measured(tmp_path):
+    run = write_reference_run(tmp_path / "run.json", 6000)
+
+    assert low_memory_warning("03_lora", "colab", available_mb=10, path=run) is None  # another profile
+    assert low_memory_warning("09_grpo", "offline", available_mb=10, path=run) is None  # a notebook it did not run
+    assert low_memory_warning("03_lora", "offline", available_mb=10, path=tmp_path / "absent.json") is None
+    (tmp_path / "broken.json").write_text("{")
+    assert low_memory_warning("03_lora", "offline", available_mb=10, path=tmp_path / "broken.json") is None
+
+
+def test_course_start_prints_the_warning(tmp_path, monkeypatch, capsys):
+    import psutil
+
+    from utils import course
+
+    monkeypatch.setattr(utils.plumbing.out_of_memory, "REFERENCE_RUN", write_reference_run(tmp_path / "run.json", 6000))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2 * 2**30))
+    monkeypatch.setenv("COURSE_PROFILE", "offline")
+
+    course.start("03_lora")
+
+    assert "Memory  : this notebook used up to 5.9 GB" in capsys.readouterr().out

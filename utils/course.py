@@ -14,6 +14,7 @@ from utils.generation import reuse_generations_in
 from utils.models import autocast_dtype_name, describe_model, resolve_device, resolve_dtype, training_precision
 from utils.plumbing.files import runs_dir
 from utils.plumbing.hub import require_hub_or_cache
+from utils.plumbing.out_of_memory import low_memory_warning
 from utils.plumbing.results import record_result
 from utils.profiles import Profile, ProfileError, choose_profile, hub_repos, in_colab, with_overrides
 
@@ -86,7 +87,7 @@ def start(notebook: str) -> Course:
     require_colab_gpu(profile)
     if profile.needs_hub:
         # Fail in seconds, not at the first download, naming every repository neither the Hub nor the cache has.
-        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile))
+        require_hub_or_cache(f"Profile {profile.name!r}", hub_repos(profile, [notebook]))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # PEFT still reads a transformers attribute renamed in 5.x; the warning says nothing a learner can act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -105,6 +106,9 @@ def start(notebook: str) -> Course:
     generation_dtype = autocast_dtype_name(profile)
     print("Generate: " + (f"and score (perplexity, benchmark) from a {generation_dtype} copy of the model, the dtype "
                           "training computes in" if generation_dtype else "and score in the model's own dtype"))
+    memory = low_memory_warning(notebook, profile.name)
+    if memory:
+        print(memory)
     generations = runs_dir(profile.run_name) / "generations"
     reuse_generations_in(generations)
     print(f"Reuse   : trainings and generations already done with the same weights and settings, from "

@@ -4,14 +4,20 @@ Training, generation and scoring run inside `explained_out_of_memory(step, profi
 out-of-memory error, Python's MemoryError or PyTorch's "DefaultCPUAllocator: can't allocate memory"
 then becomes one OutOfMemory error whose message is a paragraph a learner can act on. Nothing is
 marked finished on the way out: a training's `finished.json` is written only after it ends.
+`low_memory_warning` warns before a notebook starts when the machine has less memory free than the
+notebook used at its peak in the reference run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
+
+from utils.plumbing.files import PROJECT_ROOT
 
 CPU_ALLOCATOR_FAILURE = "DefaultCPUAllocator: can't allocate memory"
 
@@ -88,3 +94,37 @@ def _release_cached_gpu_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+REFERENCE_RUN = PROJECT_ROOT / "reference" / "offline" / "run.json"  # written by `python -m utils reference`
+
+
+def reference_peak_ram_mb(notebook: str, profile_name: str, path: Path | None = None) -> float | None:
+    """The peak RAM (MB) the reference run measured for `notebook` in its profile, or None when not measured
+    (no reference run yet, another profile, a notebook it did not run)."""
+    try:
+        run = json.loads((path or REFERENCE_RUN).read_text(encoding="utf-8"))
+        if run.get("profile") != profile_name:
+            return None
+        return float(run["notebooks"][notebook]["peak_ram_mb"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def low_memory_warning(notebook: str, profile_name: str, available_mb: float | None = None,
+                       path: Path | None = None) -> str | None:
+    """A warning when this machine's available memory (psutil) is below what `notebook` used at its peak in
+    the reference run, saying what to close or choose; None when it fits or nothing was measured."""
+    peak = reference_peak_ram_mb(notebook, profile_name, path)
+    if peak is None:
+        return None
+    if available_mb is None:
+        import psutil
+
+        available_mb = psutil.virtual_memory().available / 2**20
+    if available_mb >= peak:
+        return None
+    return (f"Memory  : this notebook used up to {peak / 1024:.1f} GB of RAM in the reference run, and this machine "
+            f"has {available_mb / 1024:.1f} GB free now: it may stop half-way. Shut down the kernels of other "
+            "notebooks (Kernel > Shut Down Kernel) and close programs you do not need (browser tabs, other "
+            "notebooks' servers), or run it at test sizes (COURSE_SMOKE=1) to see it work first.")
