@@ -174,6 +174,7 @@ def write_reference(run_folder: Path, profile_name: str, paths: list[Path] | Non
     for path in paths:
         executed = nbformat.read(run_folder / "notebooks" / path.name, as_version=4)
         copied = reference_copy(nbformat.read(path, as_version=4), executed, time_line(path.stem, reference_dir))
+        nbformat.validate(copied)
         write_text_atomic(target / path.name, nbformat.writes(copied) + "\n")
         written.append(target / path.name)
     return written
