@@ -118,7 +118,8 @@ def reference_copy(notebook: nbformat.NotebookNode, executed: nbformat.NotebookN
     if title is not None:
         title.source = with_time_line(title.source, time)
     result.metadata.pop("widgets", None)
-    result.metadata["language_info"] = executed.metadata.get("language_info", result.metadata.get("language_info", {}))
+    if "language_info" in executed.metadata:  # the kernel's Python version, as the run had it
+        result.metadata["language_info"] = executed.metadata["language_info"]
     return result
 
 
