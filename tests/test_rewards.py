@@ -185,3 +185,46 @@ def test_a_missing_reward_model_folder_is_a_clear_error_not_a_hub_download():
 
     with pytest.raises(ModelUnavailableError, match="No model folder 'runs/nowhere/checkpoints/reward-model/final'"):
         local_folder_or_hub("runs/nowhere/checkpoints/reward-model/final")
+
+
+DIALOGUE = ("#Person1#: My parcel never arrived and your useless driver lied about it.\n"
+            "#Person2#: I'm sorry. I can see it was left at the wrong address; I'll send a new one today.")
+
+
+def test_each_check_reads_a_summary_against_its_dialogue():
+    from utils.rewards import copies_no_sentence, length_in_band, names_the_speakers, speakers
+
+    good = "#Person1#'s parcel went to the wrong address; #Person2# apologizes and sends a new one today."
+    copied = "#Person1# says my parcel never arrived and your useless driver lied about it, and #Person2# helps."
+
+    assert speakers(DIALOGUE) == ["#Person1#", "#Person2#"]
+    assert length_in_band(DIALOGUE, good) and not length_in_band(DIALOGUE, "A parcel.")
+    assert names_the_speakers(DIALOGUE, good) and not names_the_speakers(DIALOGUE, "The customer's parcel was lost.")
+    assert copies_no_sentence(DIALOGUE, good) and not copies_no_sentence(DIALOGUE, copied)
+
+
+def test_the_combined_reward_is_the_weighted_sum_of_its_components():
+    from utils.rewards import CombinedReward
+
+    class FixedToxicity:
+        name = "fixed"
+
+        def toxicity(self, texts, prompts=None):
+            return [0.25] * len(texts)
+
+    reward = CombinedReward({"names the speakers": 2.0, "length in band": 1.0, "non-toxic": 0.5}, FixedToxicity())
+    scores = reward(["#Person1# and #Person2# sort out a lost parcel today.", "A parcel."], [DIALOGUE] * 2)
+
+    assert scores["names the speakers"] == [1.0, 0.0] and scores["length in band"] == [1.0, 0.0]
+    assert scores["non-toxic"] == [0.75, 0.75]
+    assert scores["reward"] == pytest.approx([2.0 + 1.0 + 0.5 * 0.75, 0.5 * 0.75])
+    assert reward.name == "2 x names the speakers + 1 x length in band + 0.5 x non-toxic(fixed)"
+
+
+def test_a_combined_reward_refuses_unknown_checks_and_toxicity_without_a_scorer():
+    from utils.rewards import CombinedReward
+
+    with pytest.raises(ValueError, match="No reward named"):
+        CombinedReward({"is polite": 1.0})
+    with pytest.raises(ValueError, match="needs a toxicity scorer"):
+        CombinedReward({"non-toxic": 1.0})
