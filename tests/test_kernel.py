@@ -78,12 +78,3 @@ def test_every_nbval_run_uses_this_environment_not_the_kernel_the_notebooks_name
     assert {"conftest.py", "gpu_check.py"} <= {name for name, _ in runs}  # the tests' runs and the GPU check's
     for name, line in runs:
         assert "--nbval-current-env" in line, f"{name}: {line.strip()}"
-
-
-def test_the_gpu_workflow_runs_each_notebook_once():
-    workflow = (ROOT / ".github" / "workflows" / "gpu-notebooks.yml").read_text()
-
-    steps = [line for line in workflow.splitlines() if line.strip().startswith("run:")]
-
-    assert not [step for step in steps if "nbval" in step]
-    assert sum("utils run" in step for step in steps) == 1
