@@ -115,3 +115,29 @@ def test_the_missing_hub_kernel_warning_of_bitsandbytes_is_dropped_and_its_other
         cpu_ops.warning("Some other problem.")
 
     assert [record.getMessage() for record in caplog.records] == ["Some other problem."]
+
+
+def test_a_4bit_load_uses_the_bitsandbytes_config_it_is_given(tiny_profile):
+    # Notebook 05 builds its BitsAndBytesConfig in sight and loads the model with it.
+    model = load_4bit_model(tiny_profile, config=nf4_config(torch.float32, double_quantization=False))
+
+    states = [m.weight.quant_state for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
+    assert states and not any(state.nested for state in states)
+    assert all(state.nested for state in (m.weight.quant_state for m in load_4bit_model(tiny_profile).modules()
+                                          if isinstance(m, bitsandbytes.nn.Linear4bit)))
+
+
+def test_training_memory_parts_count_4bit_frozen_weights_smaller_and_the_adapters_alike(tiny_profile):
+    from utils.plumbing.measure import training_memory_parts
+
+    def parts(model):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        return training_memory_parts(model, optimizer)
+
+    from utils.adapters import add_lora
+
+    lora = parts(add_lora(load_model(tiny_profile), rank=2, targets="all-linear"))
+    qlora = parts(add_qlora(load_4bit_model(tiny_profile), tiny_profile, rank=2))
+
+    assert qlora["trainable_weights_mb"] == lora["trainable_weights_mb"] == qlora["gradients_mb"]
+    assert qlora["frozen_weights_mb"] < lora["frozen_weights_mb"]

@@ -1,7 +1,9 @@
 """QLoRA: a base model stored in 4-bit NF4 with bitsandbytes, LoRA trained on top.
 
-bitsandbytes runs 4-bit on CUDA and, from version 0.46, on the CPU too. Paged optimizers
-and gradient checkpointing are used where they help: on CUDA.
+bitsandbytes runs 4-bit on CUDA and, from version 0.46, on the CPU too. On both the weights are
+stored packed, 4 bits each with their block scales; for every matrix product in training a layer is
+dequantized to the compute dtype, multiplied and dropped (the CPU has no fused 4-bit training
+kernel). Paged optimizers and gradient checkpointing are used where they help: on CUDA.
 """
 
 from __future__ import annotations
@@ -54,13 +56,15 @@ def nf4_config(compute_dtype: torch.dtype, double_quantization: bool = True) -> 
     )
 
 
-def load_4bit_model(profile: Profile, double_quantization: bool = True) -> PreTrainedModel:
-    """The profile's model with its linear layers quantized to NF4 while loading."""
+def load_4bit_model(profile: Profile, double_quantization: bool = True,
+                    config: BitsAndBytesConfig | None = None) -> PreTrainedModel:
+    """The profile's model with its linear layers quantized while loading: to NF4 (`nf4_config` with
+    the profile's compute dtype), or as `config` says. On CPUs the layers keep the layout training needs."""
     device = resolve_device(profile)
     problem = bitsandbytes_problem(device)
     if problem:
         raise QuantizationUnavailable(problem)
-    config = nf4_config(resolve_dtype(profile), double_quantization)
+    config = config or nf4_config(resolve_dtype(profile), double_quantization)
     model = load_model(profile, quantization_config=config, device_map={"": (device.index or 0) if device.type == "cuda" else str(device)})
     keep_training_layout(model)
     return model
@@ -105,7 +109,13 @@ def uses_gradient_checkpointing(profile: Profile) -> bool:
 
 
 def add_qlora(model: PreTrainedModel, profile: Profile, rank: int = 16, targets: str = "all-linear") -> PeftModel:
-    """Prepare a 4-bit model for training (norms in float32, input gradients) and attach LoRA.
+    """Prepare a 4-bit model for training and attach LoRA.
+
+    PEFT's `prepare_model_for_kbit_training` freezes every weight, casts those kept in 16 bits
+    (embeddings, norms, the head) to float32 and, with gradient checkpointing (on CUDA here), makes
+    the embeddings' output require gradients (re-entrant checkpointing passes no gradient back
+    through a segment whose inputs need none, and the embeddings are frozen) and switches
+    checkpointing on.
 
     LoRA goes on every linear layer by default, as in the QLoRA paper: the adapters then can
     correct the rounding error of every quantized matrix, not only the attention's query and value.

@@ -19,7 +19,7 @@ from utils.adapters import FEATURE_EXTRACTION_BLOCKS, add_lora, add_prompt_tunin
 from utils.data import TrainingCollator, load_profile_data, tokenize_for_training, training_collator
 from utils.families import answer_loss
 from utils.models import count_parameters, load_model, load_tokenizer, resolve_device, training_precision
-from utils.plumbing.measure import PeakMemory
+from utils.plumbing.measure import PeakMemory, current_memory_mb, training_memory_parts
 from utils.profiles import Profile
 from utils.prompts import SOFT_PROMPT_INIT_TEXT
 from utils.training import TRAINER_OPTIMIZER, keep_fp32_master_weights
@@ -90,7 +90,8 @@ def timed_steps(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Opti
 
 
 def measure_training_steps(
-    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False
+    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False,
+    lora_targets: str | None = None,
 ) -> dict:
     """Run one warm-up and `steps` timed AdamW steps of `method` on the first training batch.
 
@@ -98,7 +99,11 @@ def measure_training_steps(
     the profile's mixed precision, utils.models.training_precision, with the Trainer's fused AdamW); `plain=True` times a plain
     PyTorch step instead: right padding, the model's own loss from logits at every position, fp32, torch's default AdamW. Returns tokens per second (real tokens of the batch,
     padding excluded), peak memory over loading and training (process RSS on CPU, CUDA peak
-    allocated on GPU), weight memory and trainable parameters.
+    allocated on GPU), weight memory and trainable parameters. The memory of the steps is also
+    split into parts (utils.plumbing.measure.training_memory_parts): `baseline_mb` is what the
+    process held before loading the model, and `activations_and_rest_mb` what the steps' peak holds
+    beyond the baseline, the weights, their gradients and the optimizer's states. `lora_targets`
+    puts LoRA's and QLoRA's adapters elsewhere than the notebooks do (see model_for_method).
     """
     device = resolve_device(profile)
     batch_size = batch_size or profile.batch_size
@@ -106,8 +111,10 @@ def measure_training_steps(
     rows = load_profile_data(profile)["train"].select(range(batch_size))
     features = tokenize_for_training(rows, tokenizer, profile)
     real_tokens = int(sum(len(ids) for ids in features["input_ids"]))
+    baseline = current_memory_mb(device)
+    with PeakMemory(device) as loading:
+        model, learning_rate = model_for_method(profile, method, tokenizer, lora_targets)
     with PeakMemory(device) as memory:
-        model, learning_rate = model_for_method(profile, method, tokenizer)
         model.train()
         collate = TrainingCollator(tokenizer, "right") if plain else training_collator(tokenizer, model)
         batch = collate([features[i] for i in range(len(features))])
@@ -123,6 +130,7 @@ def measure_training_steps(
             keep_fp32_master_weights(model)
             seconds, loss = timed_steps(model, batch, optimizer, steps, device, training_precision(profile)[0],
                                         answer_loss)
+    parts = training_memory_parts(model, optimizer)
     return {
         "method": f"{method} (plain loop)" if plain else method,
         "device": device.type,
@@ -130,8 +138,13 @@ def measure_training_steps(
         "tokens_per_step": real_tokens,
         "seconds_per_step": sum(seconds) / len(seconds),
         "tokens_per_second": real_tokens * len(seconds) / sum(seconds),
-        "peak_memory_mb": memory.peak_mb,
+        "peak_memory_mb": max(loading.peak_mb, memory.peak_mb),
         "weight_memory_mb": weight_megabytes(model),
+        "lora_targets": lora_targets or DEFAULT_LORA_TARGETS.get(method, ""),
+        "baseline_mb": baseline,
+        "steps_peak_mb": memory.peak_mb,
+        **parts,
+        "activations_and_rest_mb": max(0.0, memory.peak_mb - baseline - sum(parts.values())),
         "trainable_params": trainable,
         "total_params": total,
         "final_loss": float(loss.detach()),
@@ -139,10 +152,13 @@ def measure_training_steps(
 
 
 def measure_in_subprocess(
-    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False
+    profile: Profile, method: str, steps: int = 3, batch_size: int | None = None, plain: bool = False,
+    lora_targets: str | None = None,
 ) -> dict:
     """`measure_training_steps` in a fresh Python process; the profile is passed by name and overrides."""
     command = [sys.executable, "-m", "utils", "measure-training", method, "--steps", str(steps)]
+    if lora_targets:
+        command += ["--lora-targets", lora_targets]
     if batch_size:
         command += ["--batch-size", str(batch_size)]
     if plain:
@@ -158,18 +174,20 @@ def measure_in_subprocess(
 
 def compare_training_methods(
     profile: Profile, methods: tuple[str, ...] = TRAINING_METHODS, steps: int = 3, batch_size: int | None = None,
-    plain: bool = False,
+    plain: bool = False, lora_targets: str | None = None,
 ) -> list[dict]:
     """One measurement per method, each in its own process, with ratios to full fine-tuning.
 
     `plain=True` first times a plain PyTorch step of full fine-tuning on the same model and batch
     (fp32, logits at every position; see measure_training_steps), and gives every row its
-    speed relative to it (`speed_vs_plain`).
+    speed relative to it (`speed_vs_plain`). `lora_targets` puts LoRA's and QLoRA's adapters on the
+    same layers, so that the two differ in the base model's number format only.
     """
     from tqdm.auto import tqdm
 
     rows = [measure_in_subprocess(profile, "full", steps, batch_size, plain=True)] if plain else []
-    rows += [measure_in_subprocess(profile, method, steps, batch_size) for method in tqdm(methods, desc="methods")]
+    rows += [measure_in_subprocess(profile, method, steps, batch_size, lora_targets=lora_targets)
+             for method in tqdm(methods, desc="methods")]
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:
         if full:

@@ -77,3 +77,44 @@ def matrix_product_gflops(seconds: float = 1.0, size: int = 512) -> float:
         a @ b
         products += 1
     return 2 * size**3 * products / elapsed / 1e9
+
+
+def current_memory_mb(device: torch.device | str = "cpu") -> float:
+    """Memory in use now, in MB: CUDA's allocated memory on a GPU, the process's resident set on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _tensor_megabytes(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
+
+
+def _block_scales(parameter: torch.Tensor) -> list[torch.Tensor]:
+    """The block scales a 4-bit weight keeps beside its packed values (with double quantization, their own scales too)."""
+    state = getattr(parameter, "quant_state", None)
+    if state is None:
+        return []
+    nested = getattr(state, "state2", None)
+    return [state.absmax, *([nested.absmax] if nested is not None else [])]
+
+
+def training_memory_parts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """What training holds besides activations, in MB, counted from the tensors themselves.
+
+    Frozen weights (buffers and 4-bit layers at their packed size, block scales included),
+    trainable weights, one gradient per trainable weight (in its dtype, as backward makes them)
+    and the optimizer's states as it holds them after a step (AdamW: two per trainable weight).
+    """
+    parameters = list(model.parameters())
+    frozen = [p for p in parameters if not p.requires_grad]
+    trainable = [p for p in parameters if p.requires_grad]
+    states = [value for state in optimizer.state.values() for value in state.values()]
+    return {
+        "frozen_weights_mb": _tensor_megabytes([*frozen, *model.buffers(), *(s for p in frozen for s in _block_scales(p))]),
+        "trainable_weights_mb": _tensor_megabytes(trainable),
+        "gradients_mb": _tensor_megabytes(trainable),
+        "optimizer_states_mb": _tensor_megabytes(states),
+    }
