@@ -183,3 +183,20 @@ def test_a_csv_row_with_an_empty_target_names_its_line(check_data, tmp_path):
     (problem,) = problem_lines(lines, path)
     assert problem.startswith(f"{path}:4: ")  # the quoted dialogue spans lines 2-3
     assert "empty 'summary'" in problem
+
+
+def test_a_folder_is_checked_as_course_data_reads_it_each_split_file(check_data, tmp_path):
+    good = {"dialogue": HELLO, "summary": "They greet."}
+    for split in ("train", "validation"):
+        write_jsonl(tmp_path / f"{split}.jsonl", [good, good])
+    write_jsonl(tmp_path / "test.jsonl", [good, {"dialogue": HELLO}])
+
+    code, lines = check_data(tmp_path)
+
+    assert code == USER_ERROR and problem_lines(lines, tmp_path / "test.jsonl:2")
+    (tmp_path / "test.jsonl").unlink()
+    code, lines = check_data(tmp_path)
+    assert code == USER_ERROR and any("no test.jsonl / test.csv" in line for line in lines)
+    write_jsonl(tmp_path / "test.jsonl", [good])
+    code, lines = check_data(tmp_path)
+    assert code == 0 and f"{tmp_path / 'train.jsonl'}: 2 rows OK" in lines and f"{tmp_path / 'test.jsonl'}: 1 rows OK" in lines
