@@ -50,8 +50,9 @@ def set_up(keep_on_drive: bool = False, profile: str = "", revision: str = "main
     """Install the course cloned at `folder` and make this Python import it, from its notebooks/ folder."""
     if profile:
         os.environ["COURSE_PROFILE"] = profile
-    if revision not in checked_out_names(folder):
-        print(f"Revision {revision} of the course was not found: installing main instead.")
+    found = checked_out_names(folder)
+    if revision not in found:  # a tag not pushed yet (the cell cloned main), or a clone of another notebook's
+        print(f"Revision {revision} of the course was not found: installing {' or '.join(sorted(found)) or 'main'} instead.")
     install_course(folder, os.environ.get("COURSE_PROFILE", ""))
     if folder not in sys.path:
         sys.path.insert(0, folder)  # importable now, without restarting the runtime
