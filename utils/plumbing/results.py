@@ -8,7 +8,7 @@ from pathlib import Path
 
 from utils.plumbing.files import runs_dir, write_json_atomic
 
-METHODS = ("base", "zero_shot", "one_shot", "few_shot", "full", "multitask", "feature_extraction", "lora", "prompt_tuning", "qlora", "ppo", "dpo", "reward_model")
+METHODS = ("base", "zero_shot", "one_shot", "few_shot", "full", "multitask", "feature_extraction", "lora", "prompt_tuning", "qlora", "ppo", "dpo", "grpo", "reward_model")
 
 
 def results_path(profile_name: str) -> Path:
