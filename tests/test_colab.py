@@ -33,7 +33,7 @@ from utils.apps.colab import (
     sync_colab_cell,
     title_with_badge,
 )
-from utils.apps.colab_setup import COLAB_FOLDER, DRIVE_RUNS_DIR, OFFLINE_MODEL_WHEELS
+from utils.apps.colab_setup import COLAB_FOLDER, DRIVE_RUNS_DIR, OFFLINE_MODEL_WHEELS, checked_out_names
 from utils.profiles import ProfileError, get_profile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ def test_in_colab_the_cell_clones_the_notebooks_revision_installs_and_imports_th
 
 
 def test_the_cells_git_command_clones_the_revision_else_main_and_leaves_an_existing_clone_alone(
-        recorded, in_colab, tmp_path):
+        recorded, in_colab, tmp_path, monkeypatch):
     origin, folder = tmp_path / "origin", tmp_path / "clone"
     origin.mkdir()
     for command in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "one"], ["tag", "v1.0"],
@@ -249,6 +249,9 @@ def test_the_cells_git_command_clones_the_revision_else_main_and_leaves_an_exist
         return REAL_RUN(["git", "log", "-1", "--format=%s"], cwd=folder, capture_output=True, text=True).stdout.strip()
 
     assert fetch("v1.0") == "one"
+    with monkeypatch.context() as really:
+        really.setattr(subprocess, "run", REAL_RUN)
+        assert checked_out_names(str(folder)) == {"v1.0"}  # what the set-up script compares with COURSE_REVISION
     assert fetch("main") == "one"  # the folder exists: left as it is
     shutil.rmtree(folder)
     assert fetch("v9.9") == "two"  # no such tag: main
