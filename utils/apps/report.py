@@ -125,6 +125,9 @@ def plot_method_comparison(rows: list[dict]):
 ALIGNMENT_COLUMNS = ("toxicity_before_mean", "toxicity_after_mean", "toxicity_difference", "ci_low", "ci_high",
                      "ci_excludes_zero", "rouge1_before", "rouge1_after", "ppo_steps", "dpo_steps", "seconds",
                      "reward_last", "kl_last", "toxicity_last", "rouge1_probe")
+GRPO_COLUMNS = ("toxicity_before_mean", "toxicity_after_mean", "ci_low", "ci_high", *(
+    f"pass_{check}_{part}" for check in ("length_in_band", "names_the_speakers", "copies_no_sentence")
+    for part in ("before", "after", "ci_low", "ci_high")), "rouge1_before", "rouge1_after", "grpo_steps", "seconds")
 REWARD_MODEL_COLUMNS = ("test_accuracy", "untrained_accuracy", "longer_is_better_accuracy", "detox_neutral_preferred",
                         "train_pairs", "test_pairs", "backbone", "train_seconds", "saved_bytes")
 
@@ -181,6 +184,12 @@ def write_report(profile_name: str, environment: dict | None = None) -> Path:
             lines += ["## Alignment with DPO (notebook 08)", "",
                       "The same measurements after direct preference optimization on the detox pairs.", "",
                       markdown_table(dpo, ALIGNMENT_COLUMNS), ""]
+        grpo = [r for r in records if r["method"] == "grpo"]
+        if grpo:
+            lines += ["## Alignment with GRPO (notebook 09)", "",
+                      "The same measurements after GRPO on rewards a program checks plus the toxicity score, and "
+                      "each check's pass rate before and after with its 95% paired interval.", "",
+                      markdown_table(grpo, GRPO_COLUMNS), ""]
         reward_models = [r for r in records if r["method"] == "reward_model"]
         if reward_models:
             lines += ["## Reward model (notebook 07)", "", "Share of held-out preference pairs ranked right.", "",
