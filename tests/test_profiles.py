@@ -144,7 +144,8 @@ def test_a_smaller_cuda_gpu_gets_the_colab_profiles_sizes_and_says_why(machine, 
 
     assert profile.name == "colab"
     assert reason.startswith(f"a CUDA GPU with {gpu_gb} GB: the colab profile's sizes")
-    assert ("COURSE_PROFILE=offline" in reason) == (gpu_gb == 8)  # where even colab's estimate does not fit
+    colab_fits = profile_peak_bytes(PROFILES["colab"]) <= GPU_HEADROOM * gpu_gb * 2**30
+    assert ("COURSE_PROFILE=offline" in reason) == (not colab_fits)  # where even colab's estimate does not fit
 
 
 def test_the_gpu_profile_is_chosen_exactly_where_its_estimated_peak_fits(machine):
@@ -157,8 +158,8 @@ def test_the_gpu_profile_is_chosen_exactly_where_its_estimated_peak_fits(machine
 
 def test_the_training_peak_estimate_adds_states_activations_and_logits():
     shape = ModelShape(parameters=1000, width=8, feed_forward=16, heads=2, encoder_layers=0, decoder_layers=3,
-                       vocab=50, attention_scores_kept=True)
-    per_token_layer = 10 * 8 + 5 * 16 + 3 * 2 * 6  # six tokens: four of prompt, two of answer
+                       vocab=50, attention_scores_kept=True, feed_forward_kept=4)
+    per_token_layer = 10 * 8 + 4 * 16 + 3 * 2 * 6  # six tokens: four of prompt, two of answer
     expected = 16 * 1000 + 4 * 2 * (3 * 6 * per_token_layer + 3 * 2 * 50)  # batch 2
     assert training_peak_bytes(shape, batch=2, source_tokens=4, target_tokens=2) == expected
     # twice the batch: the model states stay, the activations double

@@ -111,6 +111,8 @@ class Profile:
     dpo_batch_size: int
     dpo_learning_rate: float
     dpo_beta: float
+    dpo_pair_samples: int  # samples per training dialogue, ranked by toxicity into one pair
+    dpo_reasons: dict  # why each DPO setting has its value: {DPOConfig field or "pair_samples": reason}, shown by 08
     # GRPO (notebook 09): steps, prompts per step and responses sampled per prompt (the group), the
     # learning rate of the fresh LoRA adapter, beta (the weight of the KL to the reference), the
     # sampling temperature, and the steps of the run on one checkable reward alone.
@@ -232,13 +234,14 @@ class ModelShape:
     decoder_layers: int
     vocab: int
     attention_scores_kept: bool  # eager attention keeps each layer's scores (T5); SDPA's fused kernel does not (Llama)
+    feed_forward_kept: int  # tensors of feed_forward width kept per token and layer (see training_peak_bytes)
 
 
 # From the models' config.json: FLAN-T5-base's (which the stand-in of utils/apps/hub_standins.py
 # copies) and SmolLM2-135M-Instruct's (the offline profile's).
 MODEL_SHAPES = {
-    "google/flan-t5-base": ModelShape(247_577_856, 768, 2048, 12, 12, 12, 32128, True),
-    SMOLLM2_WHEEL: ModelShape(134_515_008, 576, 1536, 9, 0, 30, 49152, False),
+    "google/flan-t5-base": ModelShape(247_577_856, 768, 2048, 12, 12, 12, 32128, True, 8),
+    SMOLLM2_WHEEL: ModelShape(134_515_008, 576, 1536, 9, 0, 30, 49152, False, 4),
 }
 GPU_HEADROOM = 0.9  # the share of a GPU's memory a training may plan on: CUDA's context and the allocator's gaps take the rest
 
@@ -248,8 +251,10 @@ def training_peak_bytes(shape: ModelShape, batch: int, source_tokens: int, targe
 
     - Model states, 16 bytes per parameter: the float32 weight (4), its gradient (4), AdamW's two moments (8).
     - Activations kept for the backward pass, per token and layer: about 10 x width (layer norms, queries,
-      keys, values, attention output, residual), 5 x feed_forward (the feed-forward's projections, GELU,
-      product, dropout) and, where attention is not fused, 3 x heads x length (scores, softmax, dropout); a
+      keys, values, attention output, residual), `feed_forward_kept` x feed_forward (Llama's gated SiLU: its
+      two projections, the SiLU and the product, 4; T5's gated GELU, written in Python as the tanh
+      approximation, also keeps that formula's intermediates and the dropout's output, 8) and, where
+      attention is not fused, 3 x heads x length (scores, softmax, dropout); a
       decoder reading an encoder adds cross-attention, 7 x width + 3 x heads x source length. 4 bytes each: T5 computes its
       softmax and layer norms in float32, and under bf16 autocast the CPU measurement of the real-size
       stand-in was no lower than in float32 (README's profile table gives both figures).
@@ -260,7 +265,7 @@ def training_peak_bytes(shape: ModelShape, batch: int, source_tokens: int, targe
     scores = 3 * shape.heads if shape.attention_scores_kept else 0
 
     def per_token_layer(length: int) -> int:
-        return 10 * shape.width + 5 * shape.feed_forward + scores * length
+        return 10 * shape.width + shape.feed_forward_kept * shape.feed_forward + scores * length
 
     if shape.encoder_layers:
         cross = 7 * shape.width + scores * source_tokens

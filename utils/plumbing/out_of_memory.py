@@ -64,8 +64,8 @@ def explanation(step: str, error: BaseException, profile=None) -> str:
         parts.append(f"Profile {profile.name} trains batches of {profile.batch_size} x {profile.max_source_tokens}"
                      f" tokens and generates {profile.eval_batch_size} at a time{need}.")
     parts.append("To need less: shut down other notebooks' kernels and close programs that hold memory; choose "
-                 "a smaller profile (COURSE_PROFILE=colab on a GPU of less than 48 GB, COURSE_PROFILE=offline "
-                 "on a laptop); or run at test sizes (COURSE_SMOKE=1).")
+                 "a smaller profile (COURSE_PROFILE=colab on a smaller GPU, COURSE_PROFILE=offline on a "
+                 "laptop); or run at test sizes (COURSE_SMOKE=1).")
     if profile is not None and profile.mixed_precision == "no":
         parts.append("COURSE_MIXED_PRECISION=auto trains in bf16 where the hardware computes it, with smaller activations.")
     parts.append("Finished trainings and complete checkpoints are kept: run it again and it goes on from there.")
