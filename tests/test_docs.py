@@ -101,6 +101,34 @@ def test_the_times_come_from_the_reference_run():
     assert "bf16 autocast, commit abc12345, lock 0123456789ab, on a 2-core CPU" in synced
 
 
+def test_each_change_is_shown_with_its_interval():
+    expected = parse_expected(EXPECTED + """
+[[figures]]
+notebook = "06_rlhf_ppo"
+method = "ppo"
+variant = ""
+figure = "ci_low"
+value = -0.0891
+tolerance = 0.02
+source = "fp32"
+
+[[figures]]
+notebook = "06_rlhf_ppo"
+method = "ppo"
+variant = ""
+figure = "ci_high"
+value = 0.0085
+tolerance = 0.02
+source = "fp32"
+""")
+
+    synced = synced_text("<!-- generated: effects -->\n<!-- end generated -->\n", expected, None)
+
+    assert "| 06 ppo | sampled toxicity | float32 | 0.1547 → 0.1144 | [-0.0891, +0.0085] |" in synced
+    assert "Not recorded yet" in synced_text("<!-- generated: effects -->\n<!-- end generated -->\n",
+                                             parse_expected(EXPECTED), None)
+
+
 def test_a_block_nothing_writes_is_an_error():
     with pytest.raises(ValueError, match="no-such-table"):
         synced_text("<!-- generated: no-such-table -->\n<!-- end generated -->\n", parse_expected(EXPECTED), None)

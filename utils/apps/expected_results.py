@@ -38,7 +38,12 @@ DEFAULT_TOLERANCES = {
     "toxicity_before_mean": 0.01, "toxicity_after_mean": 0.01,
     "rouge1_before": 0.002, "rouge1_after": 0.01,
     "test_accuracy": 0.01, "untrained_accuracy": 0.01,
+    # The paired 95% intervals of the changes above (the effects table of docs/RESULTS.md).
+    "ci_low": 0.02, "ci_high": 0.02, "second_task_ci_low": 0.02, "second_task_ci_high": 0.02,
+    "benchmark_ci_low": 0.02, "benchmark_ci_high": 0.02,
 }
+INTERVAL_BOUNDS = (("ci_low", "ci_high"), ("second_task_ci_low", "second_task_ci_high"),
+                   ("benchmark_ci_low", "benchmark_ci_high"))
 
 HEADER = """\
 # The recorded figures of the course: one source for `python -m utils check-results` (float32

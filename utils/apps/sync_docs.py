@@ -6,7 +6,9 @@ reference/offline/run.json (the reference run's seconds and peak memory per note
 `python -m utils reference`; "not measured yet" without it). tests/test_docs.py fails when a block
 differs from what the command would write. The blocks:
 
-- expected-results: every recorded figure, float32 and bf16 autocast side by side, and their sources;
+- expected-results: every recorded figure but the intervals, float32 and bf16 autocast side by side,
+  and their sources;
+- effects: each change with its paired 95% interval, in each precision;
 - expected-headlines: one or two figures per notebook, the ones a learner compares with;
 - notebooks: the notebook table (time, what to do first, the headline figure);
 - colab: a Colab badge per notebook (the format `python -m utils sync-colab` keeps up to date);
@@ -24,7 +26,14 @@ from pathlib import Path
 import nbformat
 
 from utils.apps.colab import colab_badge
-from utils.apps.expected_results import CHECKED_PRECISION, PRECISIONS, Expected, Figure, load_expected
+from utils.apps.expected_results import (
+    CHECKED_PRECISION,
+    INTERVAL_BOUNDS,
+    PRECISIONS,
+    Expected,
+    Figure,
+    load_expected,
+)
 from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
 
 RUN_JSON = PROJECT_ROOT / "reference" / "offline" / "run.json"
@@ -120,7 +129,9 @@ def _sources_lines(expected: Expected, figures: list[Figure]) -> list[str]:
 
 def expected_results_block(expected: Expected, run: dict | None, root: Path) -> str:
     """Every recorded figure: float32 (`make check-results`) and bf16 autocast (a default run) side by side."""
-    keys = list(dict.fromkeys((f.notebook, f.method, f.variant, f.name) for f in expected.figures))
+    bounds = {name for pair in INTERVAL_BOUNDS for name in pair}
+    keys = list(dict.fromkeys((f.notebook, f.method, f.variant, f.name) for f in expected.figures
+                              if f.name not in bounds))
     by_precision = {p: {(f.notebook, f.method, f.variant, f.name): f for f in expected.of_precision(p)}
                     for p in PRECISIONS}
     lines = ["| notebook, method (variant) | figure | float32 | bf16 autocast | ± |", "|---|---|---|---|---|"]
@@ -146,6 +157,35 @@ def expected_headlines_block(expected: Expected, run: dict | None, root: Path) -
             tolerance = next(f.tolerance for f in expected.figures
                              if (f.notebook, f.method, f.variant, f.name) == (notebook, *headline.after))
             lines.append(f"| {notebook[:2]} | {headline.label} | {texts[0]} | {texts[1]} | {tolerance:g} |")
+    return "\n".join(lines) + "\n"
+
+
+# What each interval is the change of: (low, high) -> (before, after, what).
+EFFECT_FIGURES = {
+    ("ci_low", "ci_high"): ("toxicity_before_mean", "toxicity_after_mean", "sampled toxicity"),
+    ("second_task_ci_low", "second_task_ci_high"): ("second_task_before", "second_task_after", "short answers right"),
+    ("benchmark_ci_low", "benchmark_ci_high"): ("benchmark_before", "benchmark_after", "benchmark accuracy"),
+}
+
+
+def effects_block(expected: Expected, run: dict | None, root: Path) -> str:
+    """Each recorded change with its paired 95% interval: does the effect stand out of the noise?"""
+    lines = ["| notebook, method (variant) | what | precision | before → after | 95% interval of the change |",
+             "|---|---|---|---|---|"]
+    for precision in PRECISIONS:
+        figures = {(f.notebook, f.method, f.variant, f.name): f for f in expected.of_precision(precision)}
+        for (notebook, method, variant, name) in list(figures):
+            for (low, high), (before, after, what) in EFFECT_FIGURES.items():
+                if name != low or (notebook, method, variant, high) not in figures:
+                    continue
+                record = f"{notebook[:2]} {method}" + (f" ({variant})" if variant else "")
+                change = " → ".join(_value(figures.get((notebook, method, variant, n))) for n in (before, after))
+                interval = (f"[{figures[(notebook, method, variant, low)].recorded:+.4f}, "
+                            f"{figures[(notebook, method, variant, high)].recorded:+.4f}]")
+                lines.append(f"| {record} | {what} | {precision} | {change} | {interval} |")
+    if len(lines) == 2:
+        return ("Not recorded yet: the intervals enter docs/expected_results.toml with "
+                "`python -m utils record-expected` from a run's results.json.\n")
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +242,7 @@ def notebook_times_block(expected: Expected, run: dict | None, root: Path) -> st
 RENDERERS: dict[str, Callable[[Expected, dict | None, Path], str]] = {
     "expected-results": expected_results_block,
     "expected-headlines": expected_headlines_block,
+    "effects": effects_block,
     "notebooks": notebooks_block,
     "colab": colab_block,
     "notebook-times": notebook_times_block,
