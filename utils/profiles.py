@@ -349,6 +349,7 @@ SMOKE_SIZES = (
     "forgetting_train_examples", "forgetting_batch_size", "eval_batch_size", "max_new_tokens", "lora_rank",
     "sweep_ranks", "sweep_train_examples", "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
     "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "ppo_reasons", "reward_max_steps", "dpo_steps", "dpo_batch_size",
+    "dpo_pair_samples", "dpo_reasons",
     "grpo_steps", "grpo_prompts_per_step", "grpo_group_size", "grpo_gamed_steps",
 )
 
