@@ -211,7 +211,7 @@ def plot_stacked_bars(bars: dict[str, dict[str, float]], xlabel: str, title: str
     axes.set_yticks(range(len(names)), names)
     axes.set_xlabel(xlabel)
     axes.set_title(title)
-    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(parts), 3))
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(parts), 4))
     figure.tight_layout()
     return figure
 
