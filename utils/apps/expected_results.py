@@ -38,12 +38,15 @@ DEFAULT_TOLERANCES = {
     "toxicity_before_mean": 0.01, "toxicity_after_mean": 0.01,
     "rouge1_before": 0.002, "rouge1_after": 0.01,
     "test_accuracy": 0.01, "untrained_accuracy": 0.01,
-    # The paired 95% intervals of the changes above (the effects table of docs/RESULTS.md).
-    "ci_low": 0.02, "ci_high": 0.02, "second_task_ci_low": 0.02, "second_task_ci_high": 0.02,
-    "benchmark_ci_low": 0.02, "benchmark_ci_high": 0.02,
 }
-INTERVAL_BOUNDS = (("ci_low", "ci_high"), ("second_task_ci_low", "second_task_ci_high"),
-                   ("benchmark_ci_low", "benchmark_ci_high"))
+# Names by pattern: the paired 95% interval of any change (ci_low, second_task_ci_high, ...: the
+# effects table of docs/RESULTS.md), and the share of samples that pass a check before and after (GRPO).
+PATTERN_TOLERANCES = {r"(\w+_)?ci_(low|high)": 0.02, r"pass_\w+_(before|after)": 0.02}
+
+
+def is_interval_bound(name: str) -> bool:
+    """ci_low, ci_high and their prefixed forms (second_task_ci_low, ...)."""
+    return re.fullmatch(r"(\w+_)?ci_(low|high)", name) is not None
 
 HEADER = """\
 # The recorded figures of the course: one source for `python -m utils check-results` (float32
@@ -188,7 +191,8 @@ def _number(value) -> float | None:
 def tolerance_for(expected: Expected, notebook: str, method: str, variant: str, name: str,
                   tolerances: dict[str, float]) -> float | None:
     """A figure's tolerance: given on the command line, else the same figure's in the file (any precision),
-    else the same method's figure of that name in another variant, else DEFAULT_TOLERANCES' (None: not a figure)."""
+    else the same method's figure of that name in another variant, else DEFAULT_TOLERANCES' or
+    PATTERN_TOLERANCES' (None: not a figure)."""
     if name in tolerances:
         return tolerances[name]
     for figure in expected.figures:
@@ -197,7 +201,9 @@ def tolerance_for(expected: Expected, notebook: str, method: str, variant: str, 
     for figure in expected.figures:
         if (figure.notebook, figure.method, figure.name) == (notebook, method, name):
             return figure.tolerance
-    return DEFAULT_TOLERANCES.get(name)
+    if name in DEFAULT_TOLERANCES:
+        return DEFAULT_TOLERANCES[name]
+    return next((value for pattern, value in PATTERN_TOLERANCES.items() if re.fullmatch(pattern, name)), None)
 
 
 def record_expected(expected: Expected, records: list[dict], source: Source,

@@ -28,10 +28,10 @@ import nbformat
 from utils.apps.colab import colab_badge
 from utils.apps.expected_results import (
     CHECKED_PRECISION,
-    INTERVAL_BOUNDS,
     PRECISIONS,
     Expected,
     Figure,
+    is_interval_bound,
     load_expected,
 )
 from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
@@ -67,6 +67,8 @@ HEADLINES = {
                     ("reward_model", "", "untrained_accuracy"))],
     "08": [Headline("sampled toxicity, before → after DPO", ("dpo", "", "toxicity_after_mean"),
                     ("dpo", "", "toxicity_before_mean"))],
+    "09": [Headline("sampled toxicity, before → after GRPO", ("grpo", "", "toxicity_after_mean"),
+                    ("grpo", "", "toxicity_before_mean"))],
 }
 
 
@@ -129,9 +131,8 @@ def _sources_lines(expected: Expected, figures: list[Figure]) -> list[str]:
 
 def expected_results_block(expected: Expected, run: dict | None, root: Path) -> str:
     """Every recorded figure: float32 (`make check-results`) and bf16 autocast (a default run) side by side."""
-    bounds = {name for pair in INTERVAL_BOUNDS for name in pair}
     keys = list(dict.fromkeys((f.notebook, f.method, f.variant, f.name) for f in expected.figures
-                              if f.name not in bounds))
+                              if not is_interval_bound(f.name)))
     by_precision = {p: {(f.notebook, f.method, f.variant, f.name): f for f in expected.of_precision(p)}
                     for p in PRECISIONS}
     lines = ["| notebook, method (variant) | figure | float32 | bf16 autocast | ± |", "|---|---|---|---|---|"]
@@ -160,11 +161,12 @@ def expected_headlines_block(expected: Expected, run: dict | None, root: Path) -
     return "\n".join(lines) + "\n"
 
 
-# What each interval is the change of: (low, high) -> (before, after, what).
+# The change an interval belongs to, by the interval's prefix: (before, after, what); any other prefix
+# p reads p_before and p_after.
 EFFECT_FIGURES = {
-    ("ci_low", "ci_high"): ("toxicity_before_mean", "toxicity_after_mean", "sampled toxicity"),
-    ("second_task_ci_low", "second_task_ci_high"): ("second_task_before", "second_task_after", "short answers right"),
-    ("benchmark_ci_low", "benchmark_ci_high"): ("benchmark_before", "benchmark_after", "benchmark accuracy"),
+    "": ("toxicity_before_mean", "toxicity_after_mean", "sampled toxicity"),
+    "second_task_": ("second_task_before", "second_task_after", "short answers right"),
+    "benchmark_": ("benchmark_before", "benchmark_after", "benchmark accuracy"),
 }
 
 
@@ -175,14 +177,16 @@ def effects_block(expected: Expected, run: dict | None, root: Path) -> str:
     for precision in PRECISIONS:
         figures = {(f.notebook, f.method, f.variant, f.name): f for f in expected.of_precision(precision)}
         for (notebook, method, variant, name) in list(figures):
-            for (low, high), (before, after, what) in EFFECT_FIGURES.items():
-                if name != low or (notebook, method, variant, high) not in figures:
-                    continue
-                record = f"{notebook[:2]} {method}" + (f" ({variant})" if variant else "")
-                change = " → ".join(_value(figures.get((notebook, method, variant, n))) for n in (before, after))
-                interval = (f"[{figures[(notebook, method, variant, low)].recorded:+.4f}, "
-                            f"{figures[(notebook, method, variant, high)].recorded:+.4f}]")
-                lines.append(f"| {record} | {what} | {precision} | {change} | {interval} |")
+            high = (notebook, method, variant, name.removesuffix("ci_low") + "ci_high")
+            if not name.endswith("ci_low") or high not in figures:
+                continue
+            prefix = name.removesuffix("ci_low")
+            before, after, what = EFFECT_FIGURES.get(
+                prefix, (f"{prefix}before", f"{prefix}after", prefix.rstrip("_").replace("_", " ")))
+            record = f"{notebook[:2]} {method}" + (f" ({variant})" if variant else "")
+            change = " → ".join(_value(figures.get((notebook, method, variant, n))) for n in (before, after))
+            interval = f"[{figures[(notebook, method, variant, name)].recorded:+.4f}, {figures[high].recorded:+.4f}]"
+            lines.append(f"| {record} | {what} | {precision} | {change} | {interval} |")
     if len(lines) == 2:
         return ("Not recorded yet: the intervals enter docs/expected_results.toml with "
                 "`python -m utils record-expected` from a run's results.json.\n")
