@@ -7,15 +7,19 @@ checks run over notebooks/ and solutions/, and, at the end of this file, over sm
 that show what each one catches.
 """
 
+import base64
 import dataclasses
 import functools
+import io
 import json
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from PIL import Image
 
+from utils.apps.reference import MAX_IMAGE_WIDTH
 from utils.apps.times import TIME_PREFIX, first_markdown, time_line
 from utils.profiles import Profile
 
@@ -24,6 +28,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 REFERENCE = ROOT / "reference" / "offline"
 MAX_CELLS = 40
+MAX_REFERENCE_BYTES = 8 * 2**20  # every copy together: a few MB
 MAX_SETUP_LINES = 8
 
 # Words that tell of how the course was made, not of what it teaches (matched case-insensitively).
@@ -228,6 +233,20 @@ def test_the_reference_copy_runs_the_notebooks_code(path):
     assert drift_problems(path, REFERENCE) == []
     outputs = [cell.outputs for cell in cells(REFERENCE / path.name, "code")]
     assert any(outputs), "a reference copy without outputs"
+
+
+def test_the_reference_copies_stay_small_and_free_of_run_logs():
+    copies = sorted(REFERENCE.glob("*.ipynb"))
+    if not copies:
+        pytest.skip("no reference run written yet (reference/offline/run.json): `make reference` writes it")
+    outputs = [output for copy in copies for cell in cells(copy, "code") for output in cell.outputs]
+
+    assert sum(copy.stat().st_size for copy in copies) < MAX_REFERENCE_BYTES
+    assert not [output for output in outputs if output.output_type == "stream" and output.name == "stderr"]
+    assert not [output for output in outputs if any("widget" in mime for mime in output.get("data", {}))]
+    for output in outputs:
+        if "image/png" in output.get("data", {}):
+            assert Image.open(io.BytesIO(base64.b64decode(output.data["image/png"]))).width <= MAX_IMAGE_WIDTH
 
 
 # --- what each check catches, on made-up notebooks -----------------------------------------------------------
