@@ -1,4 +1,9 @@
-"""`make run`: execute the notebooks headless in one profile, keep executed copies, write the report."""
+"""`make run`: execute the notebooks headless in one profile, keep executed copies, write the report.
+
+runs/<profile>/status.json keeps, per notebook: done or failed, its wall time (`seconds`), the kernel's
+peak resident memory (`peak_ram_mb`, see kernel_peak_ram_mb), the training precision, the machine, and
+its slowest cells. `python -m utils reference` turns a complete run into reference/<profile>/.
+"""
 
 from __future__ import annotations
 
