@@ -199,3 +199,94 @@ def test_under_bf16_autocast_dpo_still_starts_at_its_reference_and_raises_the_ma
     assert result.history[0]["margin"] == 0.0  # a zero adapter adds exactly nothing, in bf16 too
     assert result.history[-1]["margin"] > 0.0
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+# --- pairs built the way PPO learns: the summarizer's own samples, ranked by a toxicity scorer ---
+
+def test_each_prompt_gives_its_least_toxic_sample_as_chosen_and_its_most_toxic_as_rejected():
+    from utils.preference_pairs import rank_into_pairs
+
+    samples = [["calm", "rude", "fine"], ["same", "same", "same"], ["ok", "okay", "nasty"]]
+    toxicity = [[0.10, 0.90, 0.20], [0.30, 0.30, 0.30], [0.05, 0.06, 0.70]]
+
+    ranked = rank_into_pairs(["p0", "p1", "p2"], samples, toxicity, min_gap=0.0)
+
+    assert ranked.rows == [0, 2] and ranked.skipped == 1  # prompt 1's samples are a tie: no pair
+    assert (ranked.pairs.prompts, ranked.pairs.chosen, ranked.pairs.rejected) == (["p0", "p2"], ["calm", "ok"],
+                                                                                  ["rude", "nasty"])
+    assert ranked.chosen_toxicity == [0.10, 0.05] and ranked.rejected_toxicity == [0.90, 0.70]
+
+
+def test_samples_the_scorer_rates_within_the_minimum_gap_give_no_pair():
+    from utils.preference_pairs import rank_into_pairs
+
+    samples = [["a", "b"], ["c", "d"]]
+    toxicity = [[0.10, 0.12], [0.10, 0.50]]
+
+    assert rank_into_pairs(["p0", "p1"], samples, toxicity, min_gap=0.05).rows == [1]
+    with pytest.raises(ValueError, match="no pairs"):
+        rank_into_pairs(["p0", "p1"], samples, toxicity, min_gap=0.5)
+
+
+def fake_toxicity(texts, prompts=None):
+    """A stand-in scorer: a fixed number in [0, 1) per text, different for different texts."""
+    import hashlib
+
+    return [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) / 16**8 for t in texts]
+
+
+def test_pairs_from_the_models_own_samples_come_from_those_samples_and_again_the_same(tiny_profile):
+    from utils.detox import ppo_config, sample_summaries
+    from utils.preference_pairs import sample_and_rank
+
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    prompts = [p for p, _, _ in PAIRS]
+    sampling, seeds = ppo_config(tiny_profile), [7, 8, 9]
+
+    ranked = sample_and_rank(model, tokenizer, prompts, sampling, seeds, fake_toxicity)
+    again = sample_and_rank(model, tokenizer, prompts, sampling, seeds, fake_toxicity)
+    samples = sample_summaries(model, tokenizer, prompts, sampling, seeds)
+
+    assert again.pairs == ranked.pairs  # seeded: a rerun builds the same pairs
+    for pair, row in enumerate(ranked.rows):
+        scores = fake_toxicity(samples[row])
+        assert ranked.pairs.chosen[pair] == samples[row][scores.index(min(scores))]
+        assert ranked.pairs.rejected[pair] == samples[row][scores.index(max(scores))]
+    assert len(ranked.rows) + ranked.skipped == len(prompts)
+
+
+# --- what notebook 08 shows and records ---
+
+@pytest.mark.parametrize("profile_name", ["tiny", "offline", "colab", "gpu"])
+def test_every_profile_says_why_it_chose_each_dpo_setting_it_sets(profile_name):
+    from utils.detox import dpo_config
+    from utils.dpo import dpo_settings
+
+    profile = replace(get_profile(profile_name), device="cpu")  # the settings, on a machine without a GPU
+    rows = {row["setting"]: row for row in dpo_settings(dpo_config(profile), profile.dpo_reasons)}
+
+    for setting in ("steps", "batch_size", "learning_rate", "beta", "max_response_tokens"):
+        assert rows[setting]["why"] == profile.dpo_reasons[setting]
+    assert rows["steps"]["value"] == profile.dpo_steps
+    assert profile.dpo_reasons["pair_samples"] and profile.dpo_pair_samples >= 2
+    assert rows["max_grad_norm"]["why"] == DPOConfig.__dataclass_fields__["max_grad_norm"].metadata["why"]
+    assert "autocast_dtype" not in rows and "checkpoint_every" not in rows  # how it computes, not what it learns
+
+
+def test_the_comparison_shows_the_latest_record_of_each_labelled_run_in_the_labels_order():
+    from utils.dpo import alignment_rows
+
+    def record(method, variant, after, seconds):
+        return {"method": method, **({"variant": variant} if variant else {}), "toxicity_before_mean": 0.2,
+                "toxicity_after_mean": after, "toxicity_difference": after - 0.2, "ci_low": after - 0.25,
+                "ci_high": after - 0.15, "rouge1_before": 0.40, "rouge1_after": 0.41, "seconds": seconds}
+
+    records = [record("dpo", "", 0.05, 10), record("ppo", "", 0.15, 30), record("dpo", "on-policy pairs", 0.12, 20),
+               record("ppo", "no KL penalty", 0.01, 5), record("dpo", "on-policy pairs", 0.10, 21)]
+    labels = {("ppo", ""): "PPO", ("dpo", "on-policy pairs"): "DPO, sampled", ("dpo", ""): "DPO, written"}
+
+    rows = alignment_rows(records, labels)
+
+    assert list(rows) == ["PPO", "DPO, sampled", "DPO, written"]
+    assert rows["DPO, sampled"]["toxicity after"] == 0.10 and rows["DPO, sampled"]["training seconds"] == 21
+    assert rows["PPO"]["change"] == pytest.approx(-0.05) and rows["PPO"]["ROUGE-1 change"] == pytest.approx(0.01)

@@ -21,7 +21,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +286,45 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
                 run.keep_only(checkpoint)
     run.finish({"steps": config.steps, "peak_memory_mb": memory.peak_mb})
     return DPOResult(model, output_dir, history, reused=False, resumed_from=start_step, peak_memory_mb=memory.peak_mb)
+
+
+# --- what notebook 08 shows and records -------------------------------------------------------
+
+def dpo_settings(config: DPOConfig, reasons: dict[str, str] | None = None) -> list[dict]:
+    """The DPO settings a learner tunes, each with its value and the reason for it: rows for a table.
+
+    `reasons` ({setting: reason}, a profile's) explain the values the profile chose; the other
+    settings keep the course's value and reason. How a run computes and checkpoints is left out.
+    """
+    reasons = reasons or {}
+    return [{"setting": item.name, "value": getattr(config, item.name),
+             "why": reasons.get(item.name, item.metadata["why"])}
+            for item in fields(config) if item.name not in ("autocast_dtype", "checkpoint_every")]
+
+
+def dpo_record(comparison: dict, rouge_before: dict, rouge_after: dict, config: DPOConfig, result: DPOResult,
+               **extra) -> dict:
+    """The fields of a `dpo` record: toxicity before and after (`utils.stats.paired_difference`'s result),
+    the greedy summaries' ROUGE before and after, the run's settings, time and memory, and `extra`."""
+    return dict(
+        toxicity_before_mean=comparison["before_mean"], toxicity_before_std=comparison["before_std"],
+        toxicity_after_mean=comparison["after_mean"], toxicity_after_std=comparison["after_std"],
+        toxicity_difference=comparison["difference"], ci_low=comparison["ci_low"], ci_high=comparison["ci_high"],
+        ci_excludes_zero=comparison["excludes_zero"], test_dialogues=comparison["n"], seeds=comparison["samples"],
+        rouge1_before=rouge_before["rouge1"], rouge1_after=rouge_after["rouge1"],
+        rougeL_before=rouge_before["rougeL"], rougeL_after=rouge_after["rougeL"],
+        dpo_steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
+        seconds=result.train_seconds, peak_memory_mb=result.peak_memory_mb, **extra,
+    )
+
+
+def alignment_rows(records: list[dict], labels: dict[tuple[str, str], str]) -> dict[str, dict]:
+    """The latest record of each (method, variant) in `labels`, as a row named by its label: toxicity
+    before and after, the change with its interval, ROUGE-1's change, training time and peak memory."""
+    latest = {(r["method"], r.get("variant", "")): r for r in records if (r["method"], r.get("variant", "")) in labels}
+    return {labels[key]: {
+        "toxicity before": r["toxicity_before_mean"], "toxicity after": r["toxicity_after_mean"],
+        "change": r["toxicity_difference"], "95% CI low": r["ci_low"], "95% CI high": r["ci_high"],
+        "ROUGE-1 change": r["rouge1_after"] - r["rouge1_before"],
+        "training seconds": r.get("seconds"), "peak memory MB": r.get("peak_memory_mb"),
+    } for key, r in sorted(latest.items(), key=lambda item: list(labels).index(item[0]))}
