@@ -236,3 +236,38 @@ def plot_grpo_steps(history: Sequence[dict], components: Sequence[str], window: 
     axes[0].legend(fontsize="x-small", title=f"dots: each step; line: mean of {window}", title_fontsize="x-small")
     figure.tight_layout()
     return figure
+
+
+def plot_dpo_loss(limit: float = 4.0):
+    """DPO's loss -log sigmoid(margin) and a pair's weight in the gradient, sigmoid(-margin), against the margin."""
+    margins = torch.linspace(-limit, limit, 161)
+    figure, axes = plt.subplots(figsize=(6, 3.4))
+    axes.plot(margins, -torch.nn.functional.logsigmoid(margins), label="loss = -log sigmoid(margin)")
+    axes.plot(margins, torch.sigmoid(-margins), linestyle="--", label="gradient weight = sigmoid(-margin)")
+    axes.axvline(0, color="gray", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("margin = beta x (chosen log-ratio - rejected log-ratio)")
+    axes.set_title("Ranked wrong (left) and ranked right (right)", fontsize="medium")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def plot_dpo_history(runs: dict[str, list[dict]]):
+    """DPO runs step by step: the loss, the implicit rewards (chosen solid, rejected dashed) and the share of
+    pairs ranked right. runs: {run name: its history, one record per step}."""
+    figure, (loss_axes, reward_axes, right_axes) = plt.subplots(1, 3, figsize=(12, 3.4))
+    for colour, (name, history) in enumerate(runs.items()):
+        steps = [record["step"] for record in history]
+        loss_axes.plot(steps, [r["loss"] for r in history], marker=".", color=f"C{colour}", label=name)
+        reward_axes.plot(steps, [r["chosen_reward"] for r in history], marker=".", color=f"C{colour}",
+                         label=f"{name}: chosen")
+        reward_axes.plot(steps, [r["rejected_reward"] for r in history], marker=".", linestyle="--",
+                         color=f"C{colour}", label=f"{name}: rejected")
+        right_axes.plot(steps, [r["accuracy"] for r in history], marker=".", color=f"C{colour}", label=name)
+    reward_axes.axhline(0, color="gray", linestyle=":", linewidth=0.8)
+    loss_axes.set(xlabel="DPO step", title="loss (log 2 at the start)")
+    reward_axes.set(xlabel="DPO step", title="implicit rewards: beta x log(pi / pi_ref)")
+    right_axes.set(xlabel="DPO step", title="share of the step's pairs ranked right", ylim=(-0.05, 1.05))
+    reward_axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
