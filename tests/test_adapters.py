@@ -200,3 +200,23 @@ def test_method_record_counts_the_base_models_weights_and_the_adapters_apart(tin
     assert record["total_params"] == base
     assert 0 < record["trainable_params"] == count_parameters(wrapped)[0] < base
     assert (record["rouge1"], record["rank"], record["train_seconds"]) == (0.3, 2, 3.0)
+
+
+def test_notebook_04s_visible_prompt_tuning_config_is_the_soft_prompt_add_prompt_tuning_builds(tiny_profile):
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
+    from utils.adapters import ADAPTER_SEED
+    from utils.families import peft_task_type
+    from utils.prompts import SOFT_PROMPT_INIT_TEXT
+
+    by_hand, tokenizer = load_model_and_tokenizer(tiny_profile)
+    config = PromptTuningConfig(task_type=peft_task_type(by_hand.config.is_encoder_decoder), num_virtual_tokens=6,
+                                prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=SOFT_PROMPT_INIT_TEXT,
+                                tokenizer_name_or_path=tokenizer.name_or_path, num_transformer_submodules=1)
+    torch.manual_seed(ADAPTER_SEED)
+    by_hand = get_peft_model(by_hand, config)
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    by_add_prompt_tuning = add_prompt_tuning(model, tokenizer, 6, init_text=SOFT_PROMPT_INIT_TEXT)
+
+    assert by_hand.peft_config["default"].to_dict() == by_add_prompt_tuning.peft_config["default"].to_dict()
+    assert torch.equal(soft_prompt(by_hand), soft_prompt(by_add_prompt_tuning))
