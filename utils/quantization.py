@@ -2,8 +2,8 @@
 
 bitsandbytes runs 4-bit on CUDA and, from version 0.46, on the CPU too. On both the weights are
 stored packed, 4 bits each with their block scales; for every matrix product in training a layer is
-dequantized to the compute dtype, multiplied and dropped (the CPU has no fused 4-bit training
-kernel). Paged optimizers and gradient checkpointing are used where they help: on CUDA.
+dequantized to the compute dtype, multiplied and dropped (fused 4-bit kernels serve only small
+batches, on CUDA). Paged optimizers and gradient checkpointing are used where they help: on CUDA.
 """
 
 from __future__ import annotations
