@@ -12,7 +12,8 @@ the notebook's run: its folder is the notebook's, so a finished notebook run is 
     ... bench/ppo_seeds.py --no-kl-penalty --steps 40 --seeds 42
 
 the same set-up with the KL penalty off (beta = 0, fixed) and nothing else changed, plus the
-reward, KL and toxicity of each step's samples: does the policy hack the reward?
+reward, KL and toxicity of each step's samples: does the policy hack the reward? `--training-only`
+skips the sampling before and after and prints each step as it ends.
 """
 
 from __future__ import annotations
@@ -41,11 +42,23 @@ from utils.rl_data import load_detox
 from utils.stats import paired_difference
 
 
+def print_step(scorer):
+    """A train_ppo callback that prints the step's reward, KL, toxicity and response length as it ends."""
+    def callback(record: dict) -> None:
+        toxicity = float(np.mean(scorer.toxicity(record["responses"])))
+        print(f"step {record['step']}: reward {record['reward_mean']:+.3f}, KL {record['kl']:+.3f}, "
+              f"beta {record['kl_coef']:.3f}, toxicity {toxicity:.4f}, length {record['response_length']:.1f}, "
+              f"first response {record['responses'][0]!r}", flush=True)
+    return callback
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the profile's seed and the next two)")
     parser.add_argument("--steps", type=int, help="PPO steps (default: the profile's)")
     parser.add_argument("--no-kl-penalty", action="store_true", help="beta = 0, fixed: the notebook's reward-hacking run")
+    parser.add_argument("--training-only", action="store_true",
+                        help="print each step's reward, KL and toxicity as it trains; no sampling before or after")
     args = parser.parse_args()
     run = course.start("bench_ppo_seeds")
     profile = run.profile
@@ -63,8 +76,9 @@ def main() -> None:
     test_prompts = prompts_for(test_dialogues, tokenizer, profile)
     config = ppo_config(profile, **overrides)
     eval_seeds = evaluation_seeds(profile)
-    before = score_table(scorer.toxicity, sample_summaries(summarizer, tokenizer, test_prompts, config, eval_seeds,
-                                                           profile.eval_batch_size, "before PPO"))
+    if not args.training_only:
+        before = score_table(scorer.toxicity, sample_summaries(summarizer, tokenizer, test_prompts, config,
+                                                               eval_seeds, profile.eval_batch_size, "before PPO"))
     rows = []
     for seed in seeds:
         if seed != seeds[0]:
@@ -74,7 +88,9 @@ def main() -> None:
         name = "no-kl-penalty" if args.no_kl_penalty else "detox"
         folder = ppo_dir / (name if seed == profile.seed else f"{name}-seed{seed}")
         result = train_ppo(policy, tokenizer, scorer.reward, train_prompts, ppo_config(profile, seed=seed, **overrides),
-                           folder, reward_prompts=train_dialogues)
+                           folder, reward_prompts=train_dialogues, callback=print_step(scorer))
+        if args.training_only:
+            continue
         after = score_table(scorer.toxicity, sample_summaries(policy.model, tokenizer, test_prompts, config,
                                                               eval_seeds, profile.eval_batch_size, "after PPO"))
         change = paired_difference(before, after)
@@ -97,6 +113,8 @@ def main() -> None:
     print(f"\n{profile.name}: PPO {kind}, {config.steps} steps of {config.batch_size} prompts, lr {config.learning_rate}; "
           f"toxicity of {len(test_prompts)} held-out dialogues x {len(eval_seeds)} samples (seeds {eval_seeds}), "
           f"{torch.get_num_threads()} threads\n")
+    if not rows:
+        return
     print(pd.DataFrame(rows).set_index("training seed").to_markdown())
     changes = np.array([float(row["mean change"]) for row in rows])
     print(f"\nmean change over the seeds {changes.mean():+.4f}; every seed lowered toxicity: {bool((changes < 0).all())}; "

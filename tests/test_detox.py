@@ -1,4 +1,4 @@
-"""Notebook 06's helpers: the PPO settings of a profile, seeded samples and their scores."""
+"""Notebook 06's building blocks: the PPO settings and their reasons, seeded samples, their scores, the records."""
 
 from dataclasses import replace
 
@@ -89,3 +89,60 @@ def test_step_toxicity_averages_each_step_responses():
     history = [{"step": 1, "responses": ["a", "bbb"]}, {"step": 2, "responses": ["cc"]}]
 
     assert step_toxicity(lambda texts: [len(t) for t in texts], history) == [(1, 2.0), (2, 2.0)]
+
+
+def test_the_settings_table_gives_the_profiles_reason_for_each_value_the_profile_sets():
+    from utils.detox import ppo_settings
+
+    profile = get_profile("offline")
+    rows = {row["setting"]: row for row in ppo_settings(profile, ppo_config(profile))}
+
+    assert rows["learning_rate"]["value"] == profile.ppo_learning_rate
+    assert rows["learning_rate"]["why"] == profile.ppo_reasons["learning_rate"]
+    assert set(profile.ppo_reasons) <= set(rows)  # every reason names a setting the table shows
+    assert "autocast_dtype" not in rows and "checkpoint_every" not in rows
+    assert all(len(row["why"]) > 10 for row in rows.values())
+
+
+@pytest.mark.parametrize("name", ["tiny", "offline", "colab", "gpu"])
+def test_every_profile_gives_a_reason_for_each_ppo_setting_it_sets(name):
+    profile = get_profile(name)
+
+    assert set(profile.ppo_reasons) == {"steps", "batch_size", "mini_batch_size", "ppo_epochs", "learning_rate",
+                                        "max_new_tokens", "temperature", "target_kl"}
+
+
+@pytest.mark.parametrize("name", ["tiny", "offline", "colab", "gpu"])
+def test_the_run_without_the_kl_penalty_changes_the_kl_coefficient_only(name):
+    from dataclasses import asdict
+
+    profile = replace(get_profile(name), device="cpu", mixed_precision="no")  # the online profiles' settings, here
+    main = asdict(ppo_config(profile))
+    hacking = asdict(ppo_config(profile, steps=profile.ppo_hacking_steps, init_kl_coef=0.0, adaptive_kl=False))
+
+    changed = {key for key in main if main[key] != hacking[key]}
+    assert changed <= {"steps", "init_kl_coef", "adaptive_kl"}
+    assert hacking["learning_rate"] == main["learning_rate"] and hacking["steps"] >= main["steps"]
+
+
+def test_the_records_carry_the_fields_the_report_reads():
+    import pandas as pd
+
+    from utils.detox import hacking_record, ppo_record
+    from utils.ppo import PPOResult
+
+    comparison = {"before_mean": 0.2, "before_std": 0.1, "after_mean": 0.1, "after_std": 0.1, "difference": -0.1,
+                  "ci_low": -0.15, "ci_high": -0.05, "excludes_zero": True, "n": 40, "samples": 3}
+    quality = pd.DataFrame({"before PPO": {"rouge1": 0.4, "rougeL": 0.3, "toxicity": 0.2},
+                            "after PPO": {"rouge1": 0.38, "rougeL": 0.29, "toxicity": 0.1}}).T
+    config = ppo_config(get_profile("offline"))
+    history = [{"step": 1, "reward_mean": 1.0, "kl": 0.5, "seconds": 2.0}, {"step": 2, "reward_mean": 2.0, "kl": 1.5,
+                                                                            "seconds": 3.0}]
+    result = PPOResult(policy=None, output_dir=None, history=history)
+
+    main = ppo_record(comparison, quality, config, result, "profanity")
+    hacked = hacking_record(result, config, [(1, 0.3), (2, 0.2)], 0.25)
+
+    assert main["toxicity_difference"] == -0.1 and main["rouge1_after"] == 0.38 and main["seeds"] == 3
+    assert main["learning_rate"] == hacked["learning_rate"] == config.learning_rate and main["seconds"] == 5.0
+    assert (hacked["reward_last"], hacked["kl_last"], hacked["toxicity_last"]) == (2.0, 1.5, 0.2)

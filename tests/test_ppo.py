@@ -229,6 +229,14 @@ def test_every_ppo_setting_says_why_it_has_its_value():
 
     assert [row["setting"] for row in rows][:2] == ["steps", "batch_size"] and rows[0]["value"] == 3
     assert all(len(row["why"]) > 15 for row in rows), [row["setting"] for row in rows if len(row["why"]) <= 15]
+    assert "TRL's default" not in rows[4]["why"]  # the reason of the course's value, not a library's
+
+
+def test_reasons_given_for_chosen_values_replace_the_courses():
+    rows = settings_with_reasons(PPOConfig(learning_rate=3e-4), {"learning_rate": "a reason"})
+    rows = {row["setting"]: row["why"] for row in rows}
+
+    assert rows["learning_rate"] == "a reason" and "clip" in rows["clip_range"]
 
 
 def test_the_response_ends_with_its_first_end_of_sequence_token():
@@ -461,7 +469,7 @@ def test_a_longer_rerun_resumes_and_matches_a_run_never_interrupted(tiny_profile
     first = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=2), tmp_path / "run")
     assert reward.batches == 2 and (tmp_path / "run" / "checkpoint-2" / "adapter_model.safetensors").exists()
 
-    policy, tokenizer = make_policy(tiny_profile)  # a new session: fresh model, same folder, more steps
+    policy, tokenizer = make_policy(tiny_profile)  # a new process: fresh model, same folder, more steps
     resumed = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, steps=4), tmp_path / "run")
 
     assert "Resuming from step 2" in capsys.readouterr().out
@@ -489,7 +497,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_loads_its_weights(tiny_prof
     assert trained.keys() == loaded.keys() and all(torch.equal(trained[k], loaded[k]) for k in trained)
 
 
-def test_a_folder_of_other_settings_is_discarded(tiny_profile, tmp_path, capsys):
+def test_a_finished_run_of_other_settings_is_kept_aside_and_training_starts_afresh(tiny_profile, tmp_path, capsys):
     reward = CountingReward()
     policy, tokenizer = make_policy(tiny_profile)
     train_ppo(policy, tokenizer, reward, PROMPTS, SMALL, tmp_path / "run")
@@ -497,7 +505,8 @@ def test_a_folder_of_other_settings_is_discarded(tiny_profile, tmp_path, capsys)
     policy, tokenizer = make_policy(tiny_profile)
     other = train_ppo(policy, tokenizer, reward, PROMPTS, replace(SMALL, learning_rate=1e-3), tmp_path / "run")
 
-    assert "holds a different PPO run; starting afresh" in capsys.readouterr().out
+    assert "holds a finished PPO run of other settings: kept it as" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("run.kept-*"))) == 1
     assert not other.reused and other.resumed_from == 0 and reward.batches == 2 * SMALL.steps
 
 

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.dpo import DPOConfig, PreferencePairs
 from utils.generation import generate
 from utils.models import autocast_dtype_name
-from utils.ppo import PPOConfig, run_scaled_kl_horizon
+from utils.ppo import PPOConfig, PPOResult, run_scaled_kl_horizon, settings_with_reasons
 from utils.profiles import Profile
 from utils.training import TrainingRun
 
@@ -67,6 +67,46 @@ def ppo_config(profile: Profile, **overrides) -> PPOConfig:
         seed=profile.seed,
     )
     return replace(config, **overrides) if overrides else config
+
+
+def ppo_settings(profile: Profile, config: PPOConfig) -> list[dict]:
+    """The PPO settings a learner tunes, each with its value and the reason for it (the profile's, for the
+    values the profile sets): rows for a table. How a run computes and checkpoints is left out."""
+    rows = settings_with_reasons(config, profile.ppo_reasons)
+    return [row for row in rows if row["setting"] not in ("autocast_dtype", "checkpoint_every")]
+
+
+def ppo_record(comparison: dict, quality, config: PPOConfig, result: PPOResult, reward: str) -> dict:
+    """The fields of notebook 06's `ppo` record: toxicity before and after (`paired_difference`'s result),
+    the greedy summaries' ROUGE and toxicity (`quality`: rows "before PPO" and "after PPO"), the run's settings."""
+    return dict(
+        toxicity_before_mean=comparison["before_mean"], toxicity_before_std=comparison["before_std"],
+        toxicity_after_mean=comparison["after_mean"], toxicity_after_std=comparison["after_std"],
+        toxicity_difference=comparison["difference"], ci_low=comparison["ci_low"], ci_high=comparison["ci_high"],
+        ci_excludes_zero=comparison["excludes_zero"], test_dialogues=comparison["n"], seeds=comparison["samples"],
+        greedy_toxicity_before=float(quality.loc["before PPO", "toxicity"]),
+        greedy_toxicity_after=float(quality.loc["after PPO", "toxicity"]),
+        rouge1_before=float(quality.loc["before PPO", "rouge1"]),
+        rouge1_after=float(quality.loc["after PPO", "rouge1"]),
+        rougeL_before=float(quality.loc["before PPO", "rougeL"]),
+        rougeL_after=float(quality.loc["after PPO", "rougeL"]),
+        ppo_steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        temperature=config.temperature, reward=reward, seconds=sum(record["seconds"] for record in result.history),
+        peak_memory_mb=result.peak_memory_mb,
+    )
+
+
+def hacking_record(
+    result: PPOResult, config: PPOConfig, toxicity: list[tuple[int, float]], rouge1_probe: float
+) -> dict:
+    """The fields of notebook 06's `ppo` record for the run without the KL penalty: its settings, and the reward,
+    KL and toxicity (`step_toxicity`) of its last step's samples, and the ROUGE-1 of a few greedy summaries."""
+    return dict(
+        ppo_steps=config.steps, learning_rate=config.learning_rate, kl_coef=config.init_kl_coef,
+        reward_last=result.history[-1]["reward_mean"], kl_last=result.history[-1]["kl"],
+        toxicity_last=toxicity[-1][1], rouge1_probe=rouge1_probe,
+        seconds=sum(record["seconds"] for record in result.history),
+    )
 
 
 def dpo_config(profile: Profile, **overrides) -> DPOConfig:
@@ -135,28 +175,19 @@ def step_toxicity(toxicity_fn, history: list[dict]) -> list[tuple[int, float]]:
     return [(record["step"], float(np.mean(toxicity_fn(record["responses"])))) for record in history]
 
 
+KL_NOTE = ("Each point: log pi/pi_ref summed over a response's sampled tokens, averaged over the step's responses. "
+           "It estimates the KL without bias, and the KL is never negative, but a finite sample can fall below zero.")
+
+
 def plot_ppo_runs(runs: dict[str, dict[str, list[tuple[int, float]]]], titles: dict[str, str] | None = None):
-    """One panel per logged quantity (e.g. reward, KL, toxicity), one line per run, against the PPO step.
+    """One panel per logged quantity (e.g. reward, KL, toxicity), one colour per run, against the PPO step:
+    each step as a dot, a running mean as a line; a "KL" panel says why its points can fall below zero.
 
     runs: {run name: {quantity: [(step, value), ...]}}; every run should log the same quantities.
     """
-    import matplotlib.pyplot as plt
+    from utils.plots import plot_step_curves
 
-    quantities = list(next(iter(runs.values())))
-    titles = titles or {}
-    figure, axes = plt.subplots(1, len(quantities), figsize=(3.6 * len(quantities), 3.2))
-    axes = [axes] if len(quantities) == 1 else list(axes)
-    for ax, quantity in zip(axes, quantities):
-        for name, series in runs.items():
-            points = series.get(quantity) or []
-            if points:
-                ax.plot(*zip(*points), marker=".", label=name)
-        ax.set_xlabel("PPO step")
-        ax.set_title(titles.get(quantity, quantity), fontsize="medium")
-    if len(runs) > 1:
-        axes[0].legend(fontsize="small")
-    figure.tight_layout()
-    return figure
+    return plot_step_curves(runs, titles, notes={"KL": KL_NOTE})
 
 
 def plot_paired(before: np.ndarray, after: np.ndarray, label: str = "toxicity"):

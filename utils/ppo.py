@@ -148,24 +148,26 @@ class PPOConfig:
     batch_size: int = why(16, "prompts (and responses) per step: the samples one update learns from")
     mini_batch_size: int = why(4, "responses per gradient update: what fits in memory with the model's activations")
     ppo_epochs: int = why(1, "passes over each batch; more reuse each sample, and move the policy further per step")
-    learning_rate: float = why(1.41e-5, "of the LoRA matrices and the value head (TRL's default, for a full model)")
+    learning_rate: float = why(1.41e-5, "of the LoRA matrices and the value head")
     weight_decay: float = why(0.0, "none: the adapter starts at zero, and decay would pull it back there")
     max_grad_norm: float = why(1.0, "clips each update's gradient norm, so one unlucky batch cannot wreck the policy")
-    clip_range: float = why(0.2, "epsilon of the ratio clip: a token's probability ratio counts only within 1 +- 0.2")
+    clip_range: float = why(0.2, "epsilon of the ratio clip, the PPO paper's: a token's probability ratio counts only "
+                            "within 1 +- 0.2")
     value_clip_range: float = why(0.2, "a value may move at most 0.2 from its old estimate per update, in units of "
                                   "the normalised score (std 1), so about a fifth of the rewards' spread")
     value_loss_coef: float = why(0.1, "weight of the value loss: its gradient reaches the shared LoRA matrices too")
     entropy_coef: float = why(0.0, "no entropy bonus: the KL penalty already keeps the policy near the summarizer")
     normalize_scores: bool = why(True, "scores to mean 0, std 1 (running): the clip, KL coefficient and value head "
                                  "then work at one scale whatever the reward model's units")
-    init_kl_coef: float = why(0.2, "beta at the start: the penalty per token is beta x log(pi / pi_ref); 0.0 with "
-                              "adaptive_kl off switches the penalty off")
+    init_kl_coef: float = why(0.2, "beta at the start, TRL's initial value, from which the controller moves it; the "
+                              "penalty per token is beta x log(pi / pi_ref); 0.0 with adaptive_kl off switches it off")
     adaptive_kl: bool = why(True, "beta follows the KL: up when the policy drifts past target_kl, down when below")
     target_kl: float = why(6.0, "the per-response KL from the reference the controller aims at (nats)")
     kl_horizon: float = why(10000, "samples over which beta corrects fully: proportional to the run, so beta moves "
                           "within it (see run_scaled_kl_horizon)")
     gamma: float = why(1.0, "no discount: the only score comes at the end of the response")
-    lam: float = why(0.95, "GAE's lambda: mostly the sampled return, a little of the value head's estimate")
+    lam: float = why(0.95, "GAE's lambda, the PPO paper's: mostly the sampled return, a little of the value head's "
+                     "estimate")
     whiten_advantages: bool = why(True, "advantages to mean 0, std 1 per batch: the policy loss has one scale")
     # Sampling: by default the plain distribution of the policy, which is what PPO's maths assumes.
     max_new_tokens: int = why(32, "longest response sampled")
@@ -195,10 +197,15 @@ class PPOConfig:
         return FixedKLController(self.init_kl_coef)
 
 
-def settings_with_reasons(config: PPOConfig) -> list[dict]:
-    """Each setting of `config` with its value and the reason for it: rows for a table."""
-    return [{"setting": item.name, "value": getattr(config, item.name), "why": item.metadata["why"]}
-            for item in fields(config)]
+def settings_with_reasons(config: PPOConfig, reasons: dict[str, str] | None = None) -> list[dict]:
+    """Each setting of `config` with its value and the reason for it: rows for a table.
+
+    `reasons` ({setting: reason}, e.g. a profile's) give the reasons for the values a caller chose;
+    the other settings keep the course's value and its reason.
+    """
+    reasons = reasons or {}
+    return [{"setting": item.name, "value": getattr(config, item.name),
+             "why": reasons.get(item.name, item.metadata["why"])} for item in fields(config)]
 
 
 KL_CORRECTIONS_PER_RUN = 5  # a run holds 5 horizons: beta can change by up to e^(0.2 x 5) = 2.7x either way
