@@ -107,7 +107,7 @@ def test_another_configuration_in_the_same_folder_starts_afresh(profile, pairs, 
     copy = tmp_path / "other"
     shutil.copytree(trained.output_dir, copy)
     rerun = train_reward_model(profile, pairs, pairs, output_dir=copy, max_steps=2, learning_rate=1e-2, batch_size=4)
-    assert "starting afresh" in capsys.readouterr().out
+    assert "holds a finished reward-model training of other settings: kept it as" in capsys.readouterr().out
     assert not rerun.reused and len(rerun.losses()) == 2
 
 
@@ -118,3 +118,53 @@ def test_the_offline_backbone_is_the_packaged_minilm_safetensors_folder():
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_size"] == 384
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+
+
+def test_the_config_notebook_07_writes_out_is_the_one_train_reward_model_builds(profile, tmp_path):
+    import math
+
+    from trl import RewardConfig
+
+    from utils.reward_model import default_learning_rate, reward_config, reward_steps, run_settings
+
+    steps = reward_steps(profile, 333)
+    written_out = RewardConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=profile.batch_size,
+        learning_rate=default_learning_rate(profile), max_steps=steps,
+        warmup_steps=steps // 10 if steps >= 20 else 0, weight_decay=0.01, lr_scheduler_type="linear",
+        eval_strategy="steps", eval_steps=max(1, math.ceil(steps / 4)), logging_steps=1,
+        **run_settings(profile, steps),
+    )
+    built = reward_config(profile, tmp_path, default_learning_rate(profile), steps, profile.batch_size, True)
+
+    assert written_out.to_dict() == built.to_dict()
+    assert steps == profile.reward_max_steps  # the tiny profiles cap the run
+
+
+def test_the_steps_are_the_profiles_passes_over_the_pairs_unless_it_caps_them():
+    from utils.reward_model import reward_steps
+
+    offline = get_profile("offline")
+
+    assert reward_steps(offline, 333) == 3 * 42  # 42 batches of 8 pairs, three passes
+    assert reward_steps(get_profile("tiny"), 333) == 12
+
+
+def test_fitting_a_trainer_built_by_hand_trains_saves_and_is_reused(profile, pairs, tmp_path):
+    from trl import RewardTrainer
+
+    from utils.reward_model import fit_reward_model, reward_config, tokenize_pairs
+
+    def fitted():
+        model, tokenizer = reward_backbone(profile)
+        config = reward_config(profile, tmp_path / "run", 1e-2, STEPS, 4, True)
+        trainer = RewardTrainer(model=model, args=config, processing_class=tokenizer,
+                                train_dataset=tokenize_pairs(pairs, tokenizer),
+                                eval_dataset=tokenize_pairs(pairs, tokenizer))
+        return fit_reward_model(trainer, pairs, "tiny")
+
+    first, second = fitted(), fitted()
+
+    assert not first.reused and second.reused and second.backbone == "tiny"
+    assert first.test_accuracy == second.test_accuracy == 1.0
+    assert (first.final_dir / "model.safetensors").exists()

@@ -65,6 +65,7 @@ class RewardModelRun:
     train_seconds: float
     test_accuracy: float | None  # pairwise accuracy on the held-out pairs (None without them)
     reused: bool  # True when a finished run was loaded instead of trained
+    backbone: str = ""  # describe_backbone() of the profile it was trained from
 
     @property
     def final_dir(self) -> Path:
@@ -231,19 +232,41 @@ def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 # --- training -------------------------------------------------------------------------
 
+# The RewardConfig settings notebook 07 writes out itself; `run_settings` gives the others.
+SHOWN_SETTINGS = ("output_dir", "per_device_train_batch_size", "learning_rate", "max_steps", "warmup_steps",
+                  "weight_decay", "lr_scheduler_type", "eval_strategy", "eval_steps", "logging_steps")
+
+
+def reward_steps(profile: Profile, n_pairs: int, batch_size: int | None = None) -> int:
+    """Optimizer steps of a reward-model training: the profile's fixed number, or its passes over `n_pairs` pairs."""
+    if profile.reward_max_steps > 0:
+        return profile.reward_max_steps
+    return math.ceil(math.ceil(n_pairs / (batch_size or profile.batch_size)) * profile.reward_epochs)
+
+
+def run_settings(profile: Profile, steps: int, batch_size: int | None = None) -> dict:
+    """The RewardConfig settings that make a course run of it: a checkpoint each quarter of the run (so an
+    interrupted run resumes), the profile's device, precision and seed, the optimizer every course training
+    uses, no reporting; TRL's activation checkpointing off (these models are small) and no length cut (the
+    pairs are cut by `encode_inputs`)."""
+    batch_size = batch_size or profile.batch_size
+    settings = trainer_settings(profile, Path("."), default_learning_rate(profile), steps, batch_size, batch_size, True)
+    settings = {key: value for key, value in settings.items() if key not in SHOWN_SETTINGS}
+    return {**settings, "activation_checkpointing": False, "max_length": None}
+
 
 def reward_config(
     profile: Profile, output_dir: Path, learning_rate: float, steps: int, batch_size: int, evaluate: bool,
     **overrides,
 ):
-    """RewardConfig from the profile: four evaluations and checkpoints per run, the profile's mixed precision."""
+    """RewardConfig from the profile, as notebook 07 builds it: four evaluations and checkpoints per run,
+    the profile's mixed precision."""
     from trl import RewardConfig
 
     # Each step scores 2 x batch_size texts: the chosen and the rejected summary of every pair.
-    settings = trainer_settings(profile, output_dir, learning_rate, steps, batch_size, batch_size, evaluate)
-    settings["activation_checkpointing"] = False  # TRL turns it on by default; these models are small
-    settings["max_length"] = None  # inputs are already cut to max_tokens() by encode_inputs
-    settings.update(overrides)
+    settings = {key: value for key, value in trainer_settings(profile, output_dir, learning_rate, steps, batch_size,
+                                                               batch_size, evaluate).items() if key in SHOWN_SETTINGS}
+    settings.update(run_settings(profile, steps, batch_size), **overrides)
     return RewardConfig(**settings)
 
 
@@ -258,48 +281,25 @@ def reward_fingerprint(config, train_set: Dataset, backbone: str) -> str:
     return fingerprint(settings, backbone, (list(train_set[column]) for column in ("chosen_ids", "rejected_ids")))
 
 
-def train_reward_model(
-    profile: Profile,
-    pairs_train: Dataset,
-    pairs_test: Dataset | None = None,
-    output_dir: str | os.PathLike | None = None,
-    epochs: float = 3.0,
-    learning_rate: float | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    **config_overrides,
-) -> RewardModelRun:
-    """Train the profile's reward backbone on preference pairs (prompt/chosen/rejected).
+def fit_reward_model(trainer, pairs_test: Dataset | None, backbone: str) -> RewardModelRun:
+    """Train a RewardTrainer the way every course run trains, into its `args.output_dir`.
 
-    Steps: `max_steps` if given, else `epochs` passes over `pairs_train` in batches of
-    `batch_size` pairs (default: the profile's batch size). Reuses a finished run of the
-    same configuration in `output_dir`; resumes an interrupted one from its last checkpoint.
+    What it adds to `trainer.train()`: a finished training with the same settings, backbone and pairs
+    is loaded instead of trained again; an interrupted one resumes from its last checkpoint; the
+    model is saved in `final` (safetensors, tokenizer, the label "reward"); and its accuracy on the
+    held-out pairs `pairs_test` is measured.
     """
-    output_dir = Path(output_dir) if output_dir else runs_dir(profile.run_name) / "checkpoints" / RUN_NAME
-    batch_size = batch_size or profile.batch_size
-    learning_rate = learning_rate or default_learning_rate(profile)
-    steps = max_steps or math.ceil(math.ceil(len(pairs_train) / batch_size) * epochs)
-    tokenizer = reward_tokenizer(profile)
-    train_set = tokenize_pairs(pairs_train, tokenizer)
-    test_set = tokenize_pairs(pairs_test, tokenizer) if pairs_test is not None and len(pairs_test) else None
-    config = reward_config(profile, output_dir, learning_rate, steps, batch_size, test_set is not None,
-                           **config_overrides)
-    run = RunFolder(output_dir, reward_fingerprint(config, train_set, describe_backbone(profile)),
+    output_dir = Path(trainer.args.output_dir)
+    run = RunFolder(output_dir, reward_fingerprint(trainer.args, trainer.train_dataset, backbone),
                     "reward-model training")
     run.claim()
     record = run.finished()
     if record:
         model, tokenizer = load_reward_model(output_dir / "final")
-        model.to(resolve_device(profile))
+        model.to(trainer.model.device)
         print(f"Reusing the finished reward model in {output_dir} (delete the folder to train again).")
         return RewardModelRun(model, tokenizer, output_dir, record["history"], record["train_seconds"],
-                              record["test_accuracy"], reused=True)
-
-    from trl import RewardTrainer
-
-    model, tokenizer = reward_backbone(profile)
-    trainer = RewardTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=test_set,
-                            processing_class=tokenizer)
+                              record["test_accuracy"], reused=True, backbone=backbone)
     last = run.last_checkpoint("trainer_state.json")
     if last:
         print(f"Resuming from {last}")
@@ -307,10 +307,63 @@ def train_reward_model(
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - start
     remove_autocast_wrapper(trainer)  # scored below in float32, as a reloaded reward model is
-    model = trainer.model
+    model, tokenizer = trainer.model, trainer.processing_class
     trainer.save_model(str(output_dir / "final"))  # safetensors, config with the "reward" label, tokenizer
-    test_accuracy = pairwise_accuracy(model, tokenizer, pairs_test) if test_set is not None else None
+    measured = pairs_test is not None and len(pairs_test) > 0
+    test_accuracy = pairwise_accuracy(model, tokenizer, pairs_test) if measured else None
     history = trainer.state.log_history
-    run.finish({"history": history, "train_seconds": seconds, "test_accuracy": test_accuracy,
-                                 "backbone": describe_backbone(profile)})
-    return RewardModelRun(model.eval(), tokenizer, output_dir, history, seconds, test_accuracy, reused=False)
+    run.finish({"history": history, "train_seconds": seconds, "test_accuracy": test_accuracy, "backbone": backbone})
+    return RewardModelRun(model.eval(), tokenizer, output_dir, history, seconds, test_accuracy, reused=False,
+                          backbone=backbone)
+
+
+def train_reward_model(
+    profile: Profile,
+    pairs_train: Dataset,
+    pairs_test: Dataset | None = None,
+    output_dir: str | os.PathLike | None = None,
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    **config_overrides,
+) -> RewardModelRun:
+    """Train the profile's reward backbone on preference pairs (prompt/chosen/rejected), as notebook 07 does.
+
+    Steps: `max_steps` if given, else `epochs` passes over `pairs_train` in batches of `batch_size`
+    pairs (defaults: the profile's reward settings and batch size). Builds the RewardConfig and
+    RewardTrainer notebook 07 writes out, then `fit_reward_model`: reuse, resume, save, held-out accuracy.
+    """
+    from trl import RewardTrainer
+
+    output_dir = Path(output_dir) if output_dir else runs_dir(profile.run_name) / "checkpoints" / RUN_NAME
+    batch_size = batch_size or profile.batch_size
+    learning_rate = learning_rate or default_learning_rate(profile)
+    if max_steps:
+        steps = max_steps
+    elif epochs is not None:
+        steps = math.ceil(math.ceil(len(pairs_train) / batch_size) * epochs)
+    else:
+        steps = reward_steps(profile, len(pairs_train), batch_size)
+    model, tokenizer = reward_backbone(profile)
+    train_set = tokenize_pairs(pairs_train, tokenizer)
+    test_set = tokenize_pairs(pairs_test, tokenizer) if pairs_test is not None and len(pairs_test) else None
+    config = reward_config(profile, output_dir, learning_rate, steps, batch_size, test_set is not None,
+                           **config_overrides)
+    trainer = RewardTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=test_set,
+                            processing_class=tokenizer)
+    return fit_reward_model(trainer, pairs_test, describe_backbone(profile))
+
+
+def reward_model_record(
+    run: RewardModelRun, accuracy, detox_accuracy: float, train_pairs: int, test_pairs: int
+) -> dict:
+    """The fields of notebook 07's `reward_model` record. `accuracy`: held-out pairwise accuracies by name
+    ("untrained reward model", "longer is better"); `detox_accuracy`: the share of detox dialogues whose
+    neutral summary beat the careless one."""
+    from utils.models import folder_size_bytes
+
+    return dict(test_accuracy=run.test_accuracy, untrained_accuracy=float(accuracy["untrained reward model"]),
+                longer_is_better_accuracy=float(accuracy["longer is better"]), detox_neutral_preferred=detox_accuracy,
+                train_pairs=train_pairs, test_pairs=test_pairs, backbone=run.backbone,
+                train_seconds=run.train_seconds, saved_bytes=folder_size_bytes(run.final_dir))
