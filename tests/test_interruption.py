@@ -222,7 +222,7 @@ def test_a_finished_training_of_another_model_under_the_same_name_is_not_reused(
     run = small_tiny_training(wider_t5(profile), profile)
 
     assert run.reused is False
-    assert "holds a different training; starting afresh" in capsys.readouterr().out
+    assert "holds a finished training of other settings: kept it as" in capsys.readouterr().out
 
 
 def test_an_interrupted_training_of_another_model_under_the_same_name_is_not_resumed(monkeypatch, capsys,
@@ -252,7 +252,7 @@ def test_a_lora_of_another_rank_under_the_same_name_is_not_reused(capsys):
 
     run = small_tiny_training(add_lora(load_model(profile), rank=4), profile)
 
-    assert run.reused is False and "starting afresh" in capsys.readouterr().out
+    assert run.reused is False and "holds a finished training of other settings" in capsys.readouterr().out
 
 
 # --- the model cache and results.json --------------------------------------------------------------
