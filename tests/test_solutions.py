@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
 WITH_EXERCISES = ["01_prompting", "02_full_fine_tuning", "03_lora", "04_prompt_tuning", "05_qlora", "06_rlhf_ppo",
-                  "07_reward_modelling", "08_dpo"]
+                  "07_reward_modelling", "08_dpo", "09_grpo"]
 
 # The trainings each solution leaves in runs/<profile>/checkpoints/: the notebook's own name first
 # (the same settings, so a finished notebook is reused), then the changed settings' names.
@@ -36,6 +36,7 @@ TRAININGS = {
                                              "prompt-tuning-text-lora-lr"],
     "05_qlora_solutions": lambda p: [f"qlora-r{p.lora_rank}", f"qlora-r{p.lora_rank}-attention"],
     "07_reward_modelling_solutions": lambda p: ["reward-model", "reward-model-swapped"],
+    "09_grpo_solutions": lambda p: [f"lora-r{p.lora_rank}"],  # its GRPO runs are the notebook's, in runs/<profile>/grpo/
 }
 
 
