@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -109,10 +110,9 @@ def plot_step_curves(runs: dict[str, dict[str, Sequence[tuple[int, float]]]], ti
             ax.plot(steps, running_mean(values, window), "-", color=f"C{colour}", label=name)
             if min(values) < 0 < max(values):
                 ax.axhline(0, color="gray", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("PPO step")
+        note = "\n\n" + textwrap.fill(notes[quantity], 60) if quantity in notes else ""
+        ax.set_xlabel("PPO step" + note, fontsize="medium" if not note else "small")
         ax.set_title(titles.get(quantity, quantity), fontsize="medium")
-        if quantity in notes:
-            ax.text(0.0, -0.3, notes[quantity], transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
     axes[0][0].legend(fontsize="small", title=f"dots: each step; line: mean of {window}", title_fontsize="x-small")
     figure.tight_layout()
     return figure
