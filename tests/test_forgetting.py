@@ -8,14 +8,19 @@ from utils.data import read_rows, tokenize_for_training
 from utils.forgetting import (
     PROBE_FILE,
     SECOND_TASK_TRAIN,
+    MULTITASK_SHARE,
     ProbeResult,
     compare_probes,
+    forgetting_checks,
+    forgetting_record,
+    in_words,
     judge,
     multitask_mix,
     names,
     second_task_training_set,
     short_answer_probe,
     train_for_forgetting,
+    word_share,
 )
 
 
@@ -26,6 +31,52 @@ def test_an_answer_is_right_when_it_names_the_gold_choice_and_no_other():
     assert not judge("Paris or Rome.", choices, gold=0)
     assert not judge("#Person1# asks about a trip.", choices, gold=0)
     assert names("it is in new york!", "New York") and not names("Yorkshire", "York")
+
+
+def test_answers_in_words_tell_a_wrong_answer_or_a_summary_from_a_collapsed_model():
+    assert in_words("Paris.") and in_words("#Person1# asks #Person2# about the trip.")
+    assert not in_words("#222222222222222") and not in_words("#22#, #22#, #22#") and not in_words("  ")
+
+    assert word_share(["Sublimation.", "################", "About thirty-seven degrees.", "!!"]) == 0.5
+
+
+def test_a_forgetting_record_holds_the_interval_and_the_perplexity_before_and_after(tiny_profile):
+    before = ProbeResult(["a", "b", "c", "d"], ["?"] * 4, ["x"] * 4, [True, True, False, False])
+    after = ProbeResult(["a", "b", "c", "d"], ["?"] * 4, ["x"] * 4, [False, False, False, True])
+    change = compare_probes(before, after)
+
+    full = forgetting_record(change, 9.0, 8.5, tiny_profile, "full")
+    mixed = forgetting_record(change, 9.0, 8.7, tiny_profile, "multitask")
+    lora = forgetting_record(change, 9.0, 6.1, tiny_profile, "lora")
+
+    assert (full["second_task_before"], full["second_task_after"]) == (0.5, 0.25)
+    assert full["second_task_ci_low"] < -0.25 < full["second_task_ci_high"]
+    assert (full["perplexity_before"], full["perplexity_after"], full["perplexity"]) == (9.0, 8.5, 8.5)
+    assert full["variant"] == "forgetting" and full["learning_rate"] == tiny_profile.forgetting_learning_rate
+    assert mixed["second_task_share"] == MULTITASK_SHARE and "second_task_share" not in full
+    assert lora["learning_rate"] == tiny_profile.forgetting_lora_learning_rate
+    with pytest.raises(ValueError, match="method must be one of"):
+        forgetting_record(change, 9.0, 8.5, tiny_profile, "adapters")
+
+
+def test_the_checks_say_which_part_of_the_forgetting_story_held():
+    right = [True] * 10 + [False] * 10
+    before = ProbeResult([str(i) for i in range(20)], ["?"] * 20, ["x"] * 20, right)
+    pushed = compare_probes(before, replace(before, right=[False] * 20))  # every right answer broken
+    recovered = compare_probes(before, replace(before, right=[True] * 9 + [False] * 11))  # one broken
+    half = compare_probes(before, replace(before, right=[True] * 4 + [False] * 16))  # six broken
+
+    held = forgetting_checks(pushed, recovered, perplexity_before=9.0, pushed_perplexity=8.0,
+                             pushed_answers=["#Person1# asks about the trip."] * 20)
+    failed = forgetting_checks(pushed, half, perplexity_before=9.0, pushed_perplexity=9.5,
+                               pushed_answers=["#2222222222"] * 20)
+
+    assert all(held.values())
+    assert [name for name, ok in failed.items() if not ok] == [
+        "the pushed run still summarizes: test perplexity no worse than the base model's",
+        "the pushed run writes words: at least 90% of its answers",
+        "multi-task recovered: its interval includes zero",
+        "multi-task recovered: at least halfway back from the pushed run to the base model"]
 
 
 def test_the_probe_and_the_second_tasks_training_share_no_question():

@@ -337,3 +337,10 @@ def compare_results(
     if [item.id for item in before.items] != [item.id for item in after.items]:
         raise ValueError("before and after must score the same items in the same order (same benchmark, same limit).")
     return compare_correctness(before.correctness(metric), after.correctness(metric), metric, confidence)
+
+
+def benchmark_record(change: BenchmarkComparison, seconds: float) -> dict:
+    """What a benchmark comparison records: accuracy before and after, the paired interval, items and seconds."""
+    return {"variant": "benchmark", "benchmark_before": change.before, "benchmark_after": change.after,
+            "benchmark_ci_low": change.ci_low, "benchmark_ci_high": change.ci_high, "benchmark_items": change.n,
+            "benchmark_seconds": seconds}

@@ -10,8 +10,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.data import batches, prompts_for, tokenize_for_training
 from utils.generation import generate
-from utils.metrics import perplexity, rouge_best_and_mean, rouge_per_example
-from utils.models import autocast_dtype_name, inference_copy
+from utils.metrics import bleu, perplexity, rouge_best_and_mean, rouge_per_example
+from utils.models import autocast_dtype_name, count_parameters, inference_copy
 from utils.plumbing.out_of_memory import explained_out_of_memory
 from utils.profiles import Profile
 from utils.prompts import DEFAULT_TEMPLATE
@@ -73,3 +73,19 @@ def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
     with explained_out_of_memory("scoring perplexity", profile):
         return perplexity(scored, batches(tokenized, tokenizer, scored, profile.eval_batch_size))
+
+
+def scores_record(outputs: list[str], scores: dict[str, float], dataset: Dataset, test_perplexity: float) -> dict:
+    """What a model's summaries of `dataset` record: their ROUGE (`scores`), BLEU, the test perplexity, the count."""
+    return {**scores, "bleu": bleu(outputs, list(dataset["references"])), "perplexity": test_perplexity,
+            "test_examples": len(dataset)}
+
+
+def training_record(training_run, model: PreTrainedModel) -> dict:
+    """What a training run (utils.training.TrainingRun) of `model` records: parameters trained and in all,
+    seconds, tokens per second, peak memory and the saved weights' size in bytes."""
+    trainable, total = count_parameters(model)
+    saved = sum(f.stat().st_size for f in (training_run.output_dir / "final").glob("*.safetensors"))
+    return {"trainable_params": trainable, "total_params": total, "train_seconds": training_run.train_seconds,
+            "tokens_per_second": training_run.tokens_per_second, "peak_memory_mb": training_run.peak_memory_mb,
+            "saved_bytes": saved}

@@ -14,6 +14,7 @@ questions, with short answers) into the summaries, so training keeps rewarding t
     after = short_answer_probe(model, tokenizer, profile)
     print(compare_probes(before, after).summary())
     mixed = multitask_mix(summaries, second_task_training_set(tokenizer, profile), share=0.25)
+    run.record("full", **forgetting_record(change, perplexity_before, perplexity_after, profile, "full"))
 
 `train_for_forgetting` trains a fresh base model for the profile's forgetting settings by one of
 the three methods compared (full, multitask, LoRA); notebooks 02 and 03 and bench/forgetting.py
@@ -61,6 +62,19 @@ def judge(answer: str, choices: list[str], gold: int) -> bool:
     return named[gold] and sum(named) == 1
 
 
+def in_words(answer: str) -> bool:
+    """Whether an answer is written in words: one of two letters or more, and letters or spaces in most
+    of its characters ("#222222" and "!!!!" are not; a wrong answer or a summary can be)."""
+    text = answer.strip()
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    return bool(re.search(r"[^\W\d_]{2,}", text)) and letters >= 0.7 * len(text)
+
+
+def word_share(answers: list[str]) -> float:
+    """The share of `answers` written in words (`in_words`): what is left of them when a model collapses."""
+    return sum(in_words(answer) for answer in answers) / max(len(answers), 1)
+
+
 def question_prompt(tokenizer: PreTrainedTokenizerBase, profile: Profile, question: str) -> str:
     """A question as the model reads it: the question and the instruction, as a chat turn where there is one."""
     return model_input(tokenizer, f"{question} {INSTRUCTION}", profile.is_encoder_decoder)
@@ -102,6 +116,41 @@ def compare_probes(before: ProbeResult, after: ProbeResult, confidence: float = 
     if before.ids != after.ids:
         raise ValueError("before and after must answer the same questions in the same order.")
     return compare_correctness(before.right, after.right, "short-answer accuracy", confidence)
+
+
+def forgetting_record(change: BenchmarkComparison, perplexity_before: float, perplexity_after: float,
+                      profile: Profile, method: str = "full") -> dict:
+    """What a forgetting run of `method` records (`run.record(method, **forgetting_record(...))`): the second
+    task's accuracy before and after with the paired interval of the change, the summaries' test perplexity
+    before and after (`perplexity` is the one after, as other records keep it), and the profile's passes and
+    rate for the method (and the second task's share for multitask)."""
+    if method not in FORGETTING_METHODS:
+        raise ValueError(f"method must be one of {FORGETTING_METHODS}, not {method!r}")
+    rate = profile.forgetting_lora_learning_rate if method == "lora" else profile.forgetting_learning_rate
+    return {"variant": "forgetting", "second_task_before": change.before, "second_task_after": change.after,
+            "second_task_ci_low": change.ci_low, "second_task_ci_high": change.ci_high,
+            "perplexity_before": perplexity_before, "perplexity_after": perplexity_after,
+            "perplexity": perplexity_after, "epochs": profile.forgetting_epochs, "learning_rate": rate,
+            **({"second_task_share": MULTITASK_SHARE} if method == "multitask" else {})}
+
+
+WORDS_NEEDED = 0.9  # of the answers, for a run to count as writing words rather than collapsed
+
+
+def forgetting_checks(pushed: BenchmarkComparison, multitask: BenchmarkComparison, perplexity_before: float,
+                      pushed_perplexity: float, pushed_answers: list[str]) -> dict[str, bool]:
+    """Which parts of the forgetting story held in a run, each True or False: the pushed run is still a
+    summarizer that writes words, it forgot (interval below zero), and multi-task training recovered
+    (interval including zero, its accuracy at least halfway back from the pushed run's to the base model's)."""
+    halfway = pushed.after + (pushed.before - pushed.after) / 2
+    return {
+        "the pushed run still summarizes: test perplexity no worse than the base model's":
+            pushed_perplexity <= perplexity_before,
+        f"the pushed run writes words: at least {WORDS_NEEDED:.0%} of its answers": word_share(pushed_answers) >= WORDS_NEEDED,
+        "the pushed run forgot: its interval lies below zero": pushed.ci_high < 0,
+        "multi-task recovered: its interval includes zero": multitask.ci_low <= 0 <= multitask.ci_high,
+        "multi-task recovered: at least halfway back from the pushed run to the base model": multitask.after >= halfway,
+    }
 
 
 def second_task_training_set(tokenizer: PreTrainedTokenizerBase, profile: Profile) -> Dataset:
