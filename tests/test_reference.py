@@ -109,6 +109,12 @@ def test_progress_widgets_and_stderr_are_dropped_and_plain_prints_kept():
     kept = cleaned_output(nbformat.v4.new_output("stream", name="stdout", text="loss 1.2\n"))
     assert kept.text == "loss 1.2\n"
     assert cleaned_output(nbformat.v4.new_output("display_data", data={"text/plain": " 45%|####5 | 9/20"})) is None
+    counting = "Generating test split: 0 examples [00:00, ? examples/s]"
+    assert cleaned_output(nbformat.v4.new_output("display_data", data={"text/plain": counting})) is None
+    trainer = {"text/html": "<progress value='8' max='8'></progress> [8/8 00:20, Epoch 1/1]", "text/plain": "<IPython>"}
+    assert cleaned_output(nbformat.v4.new_output("display_data", data=trainer)) is None
+    table = {"text/html": "<table><tr><td>0.5</td></tr></table>", "text/plain": "   loss\n0  0.5"}
+    assert cleaned_output(nbformat.v4.new_output("execute_result", data=table, execution_count=3)).data == table
 
 
 @pytest.mark.parametrize(("seconds", "words"), [(20, "under a minute"), (100, "about 2 min"), (287, "about 5 min"),

@@ -34,7 +34,8 @@ from utils.plumbing.files import PROJECT_ROOT, write_json_atomic, write_text_ato
 LOCK = PROJECT_ROOT / "requirements" / "lock.txt"
 MAX_IMAGE_WIDTH = 800  # pixels; wider plots are scaled down
 SIZE_WARNING_BYTES = 5 * 2**20  # the whole folder above this: say so
-PROGRESS_BAR = re.compile(r"\d+%\|.*\|")  # tqdm's "45%|████▌     | 9/20 [00:01<00:02, ...]"
+# tqdm's "45%|████▌     | 9/20 [00:01<00:02, ...]" and, without a total, "Generating split: 0 examples [00:00, ...]"
+PROGRESS_BAR = re.compile(r"\d+%\|.*\||\[\d+:\d\d(:\d\d)?[<,]")
 FIGURE_LINK = re.compile(r"(\]\(|src=[\"'])figures/")  # Markdown and HTML links to notebooks/figures/
 
 
@@ -88,6 +89,8 @@ def cleaned_output(output: nbformat.NotebookNode) -> nbformat.NotebookNode | Non
     if output.output_type not in ("display_data", "execute_result"):
         return output  # errors: a run with one is refused before
     data = {mime: value for mime, value in output.data.items() if "widget" not in mime}
+    if "<progress" in data.get("text/html", ""):  # the Trainer's progress bar in a notebook
+        return None
     if not data or set(data) == {"text/plain"} and (re.match(r"^(HBox|VBox|FloatProgress)\(", data["text/plain"])
                                                     or PROGRESS_BAR.search(data["text/plain"])):
         return None
