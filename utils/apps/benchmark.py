@@ -140,7 +140,7 @@ def measure_training_steps(
         "tokens_per_second": real_tokens * len(seconds) / sum(seconds),
         "peak_memory_mb": max(loading.peak_mb, memory.peak_mb),
         "weight_memory_mb": weight_megabytes(model),
-        "lora_targets": lora_targets or DEFAULT_LORA_TARGETS.get(method, ""),
+        "lora_targets": (lora_targets or DEFAULT_LORA_TARGETS[method]) if method in DEFAULT_LORA_TARGETS else "",
         "baseline_mb": baseline,
         "steps_peak_mb": memory.peak_mb,
         **parts,
