@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import json
 import pytest
 import torch
 
@@ -311,10 +312,22 @@ def write_profiles(tmp_path, text):
     return path
 
 
+def toml_value(value) -> str:
+    """A profile setting written as TOML: strings quoted, booleans in lower case, dicts as inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return repr(value)
+
+
 def test_a_profile_like_another_changes_only_what_it_writes(tmp_path):
     offline = PROFILES["offline"]
-    lines = [f"{key} = {value!r}".replace("'", '"').replace("True", "true").replace("False", "false")
-             for key, value in vars(offline).items()
+    lines = [f"{key} = {toml_value(value)}" for key, value in vars(offline).items()
              if key not in ("name", "data_label", "sweep_ranks", "test_examples")]
     text = "[base]\n" + "\n".join(lines) + '\nsweep_ranks = [2, 8]\ntest_examples = "all"\n'
     text += '\n[bigger]\nlike = "base"\nbatch_size = 32\n'
