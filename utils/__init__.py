@@ -1,4 +1,4 @@
-"""Helpers for the fine-tuning course: profiles, models, data, training, metrics, reports.
+"""The fine-tuning course's code: profiles, models, data, training, metrics, reports.
 
 Notebooks start with::
 
