@@ -278,6 +278,22 @@ class GRPOResult:
         """(step, value) pairs of one logged quantity, for plots."""
         return [(record["step"], record[key]) for record in self.history]
 
+    def record(self, comparisons: dict[str, dict], rouge1_before: float, rouge1_after: float) -> dict:
+        """The fields of results.json's "grpo" record: toxicity and each check's pass rate before and after
+        with their paired intervals (`comparisons`: name -> utils.stats.paired_difference), ROUGE-1, time, memory."""
+        toxicity = comparisons["toxicity"]
+        fields = {"toxicity_before_mean": toxicity["before_mean"], "toxicity_after_mean": toxicity["after_mean"],
+                  "toxicity_difference": toxicity["difference"], "ci_low": toxicity["ci_low"],
+                  "ci_high": toxicity["ci_high"], "ci_excludes_zero": toxicity["excludes_zero"],
+                  "test_dialogues": toxicity["n"], "seeds": toxicity["samples"]}
+        for name, comparison in comparisons.items():
+            if name != "toxicity":
+                key = "pass_" + name.replace(" ", "_")
+                fields.update({f"{key}_before": comparison["before_mean"], f"{key}_after": comparison["after_mean"],
+                               f"{key}_ci_low": comparison["ci_low"], f"{key}_ci_high": comparison["ci_high"]})
+        return {**fields, "rouge1_before": rouge1_before, "rouge1_after": rouge1_after, "grpo_steps": len(self.history),
+                "seconds": self.train_seconds, "peak_memory_mb": self.peak_memory_mb}
+
 
 CHECKPOINT_STATE = "state.json"  # the file a GRPO checkpoint writes last
 
