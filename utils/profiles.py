@@ -312,7 +312,7 @@ def profile_for_gpu(total_bytes: int) -> tuple[Profile, str]:
 
 # The notebooks that load the online profiles' other models (notebook 06 loads the reward backbone only
 # when given a trained reward model). A notebook not listed, a new one say, counts as loading both.
-CLASSIFIER_NOTEBOOKS = ("06", "08")
+CLASSIFIER_NOTEBOOKS = ("06", "08", "09")
 BACKBONE_NOTEBOOKS = ("07",)
 NOTEBOOKS_WITHOUT_THEM = ("01", "02", "03", "04", "05")
 
@@ -336,7 +336,7 @@ def hub_repos(profile: Profile, notebooks: list[str] | None = None) -> list:
     if profile.data.startswith("hub:"):
         repos.append(HubRepo(profile.data.removeprefix("hub:"), "dataset", "dataset"))
     if loaded_by(CLASSIFIER_NOTEBOOKS):
-        repos.append(HubRepo(ONLINE_TOXICITY_CLASSIFIER, "model", "toxicity classifier of notebooks 06 and 08"))
+        repos.append(HubRepo(ONLINE_TOXICITY_CLASSIFIER, "model", "toxicity classifier of notebooks 06, 08 and 09"))
     if loaded_by(BACKBONE_NOTEBOOKS):
         repos.append(HubRepo(ONLINE_REWARD_BACKBONE, "model", "reward-model backbone of notebook 07"))
     return repos
