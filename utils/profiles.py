@@ -257,7 +257,7 @@ def training_peak_bytes(shape: ModelShape, batch: int, source_tokens: int, targe
       attention is not fused, 3 x heads x length (scores, softmax, dropout); a
       decoder reading an encoder adds cross-attention, 7 x width + 3 x heads x source length. 4 bytes each: T5 computes its
       softmax and layer norms in float32, and under bf16 autocast the CPU measurement of the real-size
-      stand-in was no lower than in float32 (README's profile table gives both figures).
+      stand-in was no lower than in float32 (docs/BENCHMARKS.md compares the estimate with a measurement).
     - The answer's logits, three times (logits, log-softmax, gradient) the vocabulary per answer token.
 
     LoRA, prompt tuning and QLoRA keep the same activations and far fewer states: full fine-tuning is the peak.
