@@ -11,9 +11,11 @@ from utils.grpo import (
     GRPOConfig,
     GRPOPolicy,
     group_advantages,
+    grpo_config,
     grpo_loss,
     grpo_token_losses,
     k3_kl,
+    settings_with_reasons,
     train_grpo,
 )
 from utils.models import load_model_and_tokenizer
@@ -162,3 +164,15 @@ def test_a_group_of_one_and_batches_that_do_not_split_are_refused():
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match="equal mini-batches"):
         GRPOConfig(prompts_per_step=3, group_size=3, mini_batches=2)
+
+
+@pytest.mark.parametrize("profile_name", ["tiny", "offline", "colab", "gpu"])
+def test_every_profile_says_why_it_chose_each_grpo_setting_it_sets(profile_name):
+    profile = replace(get_profile(profile_name), device="cpu")  # the settings, on a machine without a GPU
+    rows = {row["setting"]: row for row in settings_with_reasons(grpo_config(profile), profile.grpo_reasons)}
+
+    for setting in ("steps", "prompts_per_step", "group_size", "learning_rate", "beta", "temperature"):
+        assert rows[setting]["why"] == profile.grpo_reasons[setting]
+    assert set(profile.grpo_reasons) <= set(rows)  # every reason names a setting the table shows
+    assert rows["learning_rate"]["value"] == profile.grpo_learning_rate
+    assert rows["clip_range"]["why"] == GRPOConfig.__dataclass_fields__["clip_range"].metadata["why"]

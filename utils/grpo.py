@@ -147,10 +147,15 @@ def grpo_config(profile: Profile, **overrides) -> GRPOConfig:
     return replace(config, **overrides) if overrides else config
 
 
-def settings_with_reasons(config: GRPOConfig) -> list[dict]:
-    """Each setting of `config` with its value and the reason for it: rows for a table."""
-    return [{"setting": item.name, "value": getattr(config, item.name), "why": item.metadata["why"]}
-            for item in fields(config)]
+def settings_with_reasons(config: GRPOConfig, reasons: dict[str, str] | None = None) -> list[dict]:
+    """Each setting of `config` with its value and the reason for it: rows for a table.
+
+    `reasons` ({setting: reason}, a profile's) explain the values the profile chose; the other
+    settings keep the reason GRPOConfig gives for its default.
+    """
+    reasons = reasons or {}
+    return [{"setting": item.name, "value": getattr(config, item.name),
+             "why": reasons.get(item.name, item.metadata["why"])} for item in fields(config)]
 
 
 # --- the terms ----------------------------------------------------------------------------------

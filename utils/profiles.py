@@ -123,6 +123,7 @@ class Profile:
     grpo_beta: float
     grpo_temperature: float
     grpo_gamed_steps: int
+    grpo_reasons: dict  # why each GRPO setting has its value: {GRPOConfig field: reason}, shown by 09
     # Reward model (notebook 07): passes over the training pairs, or a fixed number of steps (-1: use epochs).
     reward_epochs: float
     reward_max_steps: int
@@ -350,7 +351,7 @@ SMOKE_SIZES = (
     "sweep_ranks", "sweep_train_examples", "sweep_test_examples", "virtual_tokens", "ppo_steps", "ppo_batch_size", "ppo_mini_batch_size",
     "ppo_max_new_tokens", "ppo_eval_seeds", "ppo_hacking_steps", "ppo_reasons", "reward_max_steps", "dpo_steps", "dpo_batch_size",
     "dpo_pair_samples", "dpo_reasons",
-    "grpo_steps", "grpo_prompts_per_step", "grpo_group_size", "grpo_gamed_steps",
+    "grpo_steps", "grpo_prompts_per_step", "grpo_group_size", "grpo_gamed_steps", "grpo_reasons",
 )
 
 
