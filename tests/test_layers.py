@@ -19,12 +19,6 @@ TEACHING = {f"utils.{path.stem}" for path in UTILS.glob("*.py") if not path.stem
 NOTEBOOK_PLUMBING = {"utils.plumbing.files", "utils.plumbing.results", "utils.plumbing.measure"}
 # Notebook 05 shows the comparison of every method that `make run`'s report prints, from the same code.
 NOTEBOOK_APPS = {"05_qlora": {"utils.apps.benchmark", "utils.apps.report"}}
-# Imports that break a rule today, each with what would mend it. The test fails when one is mended
-# and still listed, so the list only shrinks.
-KNOWN_EXCEPTIONS = {
-    ("utils/plumbing/out_of_memory.py", "utils.profiles"):
-        "the explanation reads the profile's estimated peak itself; its caller could pass the estimate in",
-}
 
 
 def utils_imports(source: str) -> set[str]:
@@ -73,13 +67,7 @@ def test_imports_parse_as_the_page_reads_them():
 
 
 def test_the_plumbing_imports_nothing_above_it_and_teaching_modules_import_no_app():
-    assert package_violations() - set(KNOWN_EXCEPTIONS) == set()
-
-
-def test_every_known_exception_is_still_there():
-    mended = set(KNOWN_EXCEPTIONS) - package_violations()
-
-    assert mended == set(), f"remove from KNOWN_EXCEPTIONS: {sorted(mended)}"
+    assert package_violations() == set()
 
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb")) + sorted((PROJECT_ROOT / "solutions").glob("*.ipynb"))

@@ -13,7 +13,7 @@ from transformers import Trainer
 import utils.plumbing.out_of_memory
 from utils.apps.cli import main
 from utils.plumbing.out_of_memory import OutOfMemory, explained_out_of_memory, is_out_of_memory, low_memory_warning
-from utils.profiles import get_profile
+from utils.profiles import get_profile, memory_sizes
 
 CUDA_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.63 GiB of which "
                 "1.10 GiB is free.")
@@ -26,7 +26,7 @@ CPU_MESSAGE = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: ca
     (MemoryError(), ""),
 ])
 def test_every_kind_of_out_of_memory_becomes_one_paragraph_naming_step_need_and_settings(error, asked):
-    with pytest.raises(OutOfMemory) as raised, explained_out_of_memory("training full", get_profile("colab")):
+    with pytest.raises(OutOfMemory) as raised, explained_out_of_memory("training full", memory_sizes(get_profile("colab"))):
         raise error
 
     message = str(raised.value)

@@ -41,7 +41,7 @@ from utils.families import uses_chat_template
 from utils.models import autocast_dtype_name, inference_copy
 from utils.plumbing.files import DATA_DIR, PROJECT_ROOT
 from utils.plumbing.out_of_memory import explained_out_of_memory
-from utils.profiles import Profile
+from utils.profiles import Profile, memory_sizes
 from utils.stats import paired_difference, proportion_interval
 
 BENCHMARK_DIR = DATA_DIR / "benchmark"
@@ -236,7 +236,7 @@ def run_benchmark(
     chat = reads_questions_as_chat(tokenizer, profile)
     started = time.perf_counter()
     try:
-        with _harness_quiet(), explained_out_of_memory("scoring the benchmark", profile):
+        with _harness_quiet(), explained_out_of_memory("scoring the benchmark", memory_sizes(profile)):
             scored = inference_copy(model, autocast_dtype_name(profile))
             lm = harness_model(scored, tokenizer, profile, batch_size or profile.eval_batch_size)
             output = simple_evaluate(

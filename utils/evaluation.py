@@ -13,7 +13,7 @@ from utils.generation import generate
 from utils.metrics import bleu, perplexity, rouge_best_and_mean, rouge_per_example
 from utils.models import autocast_dtype_name, count_parameters, inference_copy
 from utils.plumbing.out_of_memory import explained_out_of_memory
-from utils.profiles import Profile
+from utils.profiles import Profile, memory_sizes
 from utils.prompts import DEFAULT_TEMPLATE
 
 
@@ -71,7 +71,7 @@ def split_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """
     scored = inference_copy(model, autocast_dtype_name(profile))
     tokenized = tokenize_for_training(dataset, tokenizer, profile)
-    with explained_out_of_memory("scoring perplexity", profile):
+    with explained_out_of_memory("scoring perplexity", memory_sizes(profile)):
         return perplexity(scored, batches(tokenized, tokenizer, scored, profile.eval_batch_size))
 
 

@@ -288,6 +288,17 @@ def profile_peak_bytes(profile: Profile) -> int | None:
     return training_peak_bytes(shape, batch, profile.max_source_tokens, profile.max_target_tokens)
 
 
+def memory_sizes(profile: Profile) -> str:
+    """What of `profile` decides its memory, in a sentence or two for an out-of-memory message."""
+    peak = profile_peak_bytes(profile)
+    need = f"; its training needs about {peak / 2**30:.0f} GB at the longest inputs (estimated)" if peak else ""
+    text = (f"Profile {profile.name} trains batches of {profile.batch_size} x {profile.max_source_tokens}"
+            f" tokens and generates {profile.eval_batch_size} at a time{need}.")
+    if profile.mixed_precision == "no":
+        text += " COURSE_MIXED_PRECISION=auto trains in bf16 where the hardware computes it, with smaller activations."
+    return text
+
+
 def cuda_memory_bytes() -> int:
     """Total memory of the first CUDA GPU."""
     import torch

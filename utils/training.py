@@ -26,7 +26,7 @@ from utils.plumbing.files import runs_dir
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.out_of_memory import explained_out_of_memory
 from utils.plumbing.run_state import RunFolder, checkpoint_step, fingerprint
-from utils.profiles import Profile
+from utils.profiles import Profile, memory_sizes
 
 
 @dataclass
@@ -260,7 +260,7 @@ def train(
     last = run.last_checkpoint("trainer_state.json")  # the Trainer writes trainer_state.json last
     if last:
         print(f"Resuming from {last}")
-    with PeakMemory(resolve_device(profile)) as memory, explained_out_of_memory(f"training {name}", profile):
+    with PeakMemory(resolve_device(profile)) as memory, explained_out_of_memory(f"training {name}", memory_sizes(profile)):
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     remove_autocast_wrapper(trainer)
     # Throughput of the training steps alone, in real (unpadded) tokens: mean example length x batch

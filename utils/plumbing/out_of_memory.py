@@ -48,40 +48,34 @@ def requested(error: BaseException) -> str:
     return f"{int(cpu.group(1)) / 2**30:.2f} GiB" if cpu else ""
 
 
-def explanation(step: str, error: BaseException, profile=None) -> str:
-    """One paragraph: the step, what it asked for, the profile's sizes, and what needs less memory."""
+def explanation(step: str, error: BaseException, sizes: str = "") -> str:
+    """One paragraph: the step, what it asked for, `sizes` (what of the profile decides its memory), and what
+    needs less memory."""
     import torch
 
     on_gpu = isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA" in str(error)
     where = "the GPU" if on_gpu else "the computer's RAM"
     asked = requested(error)
     parts = [f"Out of memory in {where} while {step}" + (f" (one more allocation of {asked} failed)." if asked else ".")]
-    if profile is not None:
-        from utils.profiles import profile_peak_bytes
-
-        peak = profile_peak_bytes(profile)
-        need = f"; its training needs about {peak / 2**30:.0f} GB at the longest inputs (estimated)" if peak else ""
-        parts.append(f"Profile {profile.name} trains batches of {profile.batch_size} x {profile.max_source_tokens}"
-                     f" tokens and generates {profile.eval_batch_size} at a time{need}.")
+    if sizes:
+        parts.append(sizes)
     parts.append("To need less: shut down other notebooks' kernels and close programs that hold memory; choose "
                  "a smaller profile (COURSE_PROFILE=colab on a smaller GPU, COURSE_PROFILE=offline on a "
                  "laptop); or run at test sizes (COURSE_SMOKE=1).")
-    if profile is not None and profile.mixed_precision == "no":
-        parts.append("COURSE_MIXED_PRECISION=auto trains in bf16 where the hardware computes it, with smaller activations.")
     parts.append("Finished trainings and complete checkpoints are kept: run it again and it goes on from there.")
     return " ".join(parts)
 
 
 @contextlib.contextmanager
-def explained_out_of_memory(step: str, profile=None) -> Iterator[None]:
-    """Run the block; an out-of-memory error in it becomes OutOfMemory, explained (other errors pass)."""
+def explained_out_of_memory(step: str, sizes: str = "") -> Iterator[None]:
+    """Run the block; an out-of-memory error in it becomes OutOfMemory, explained with `sizes` (other errors pass)."""
     message = None
     try:
         yield
     except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if isinstance(error, OutOfMemory) or not is_out_of_memory(error):
             raise
-        message = explanation(step, error, profile)
+        message = explanation(step, error, sizes)
         traceback.clear_frames(error.__traceback__)  # the failed step's tensors, held by its frames, can go
         error.__traceback__ = None
     if message is not None:
