@@ -19,17 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from utils.adapters import lora_identity
@@ -37,7 +34,7 @@ from utils.families import answer_ids, answer_logits_and_hidden, prompt_padding_
 from utils.models import autocast
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
-from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
+from utils.plumbing.run_state import RunFolder, StepLog, fingerprint, restore_rng_state, rng_state, seed_rngs, step_progress
 from utils.ppo import prompt_indices, why
 from utils.ppo_terms import logprobs_from_logits
 from utils.prompts import encode
@@ -182,21 +179,13 @@ def dpo_step(model: PeftModel, tokenizer: PreTrainedTokenizerBase, optimizer: to
 
 
 @dataclass
-class DPOResult:
+class DPOResult(StepLog):
     model: PeftModel
     output_dir: Path
     history: list[dict] = field(default_factory=list)
     reused: bool = False
     resumed_from: int = 0
     peak_memory_mb: float | None = None  # of the steps trained in this process (reused: when first trained)
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(record["seconds"] for record in self.history)
-
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) pairs of one logged quantity, for plots."""
-        return [(record["step"], record[key]) for record in self.history]
 
 
 CHECKPOINT_STATE = "state.json"  # the file a DPO checkpoint writes last
@@ -263,13 +252,10 @@ def train_dpo(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Prefe
         reference_logprobs = {int(i): logps for i, logps in state.get("reference_logprobs", {}).items()}
         restore_rng_state(state["rng"])
     else:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        seed_rngs(config.seed)
 
     model.eval()  # no dropout: the policy and its reference must differ by the adapter alone
-    progress = tqdm(range(start_step, config.steps), desc="DPO", initial=start_step, total=config.steps,
-                    disable=os.environ.get("TQDM_DISABLE") == "1")
+    progress = step_progress("DPO", start_step, config.steps)
     with PeakMemory(model.device) as memory:
         for step in progress:
             started = time.perf_counter()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -45,7 +44,6 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from utils.adapters import lora_identity
@@ -53,7 +51,7 @@ from utils.families import answer_logits_and_hidden
 from utils.models import autocast, autocast_dtype_name
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
-from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
+from utils.plumbing.run_state import RunFolder, StepLog, fingerprint, restore_rng_state, rng_state, seed_rngs, step_progress
 from utils.ppo import Rollout, decode_responses, prompt_indices, sample_responses, why
 from utils.ppo_terms import logprobs_from_logits
 from utils.profiles import Profile
@@ -265,7 +263,7 @@ def grpo_step(
 
 
 @dataclass
-class GRPOResult:
+class GRPOResult(StepLog):
     """What a GRPO run produced: the trained policy and one log record per step."""
 
     policy: GRPOPolicy
@@ -274,14 +272,6 @@ class GRPOResult:
     reused: bool = False
     resumed_from: int = 0
     peak_memory_mb: float | None = None  # of the steps trained in this process (reused: when first trained)
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(record["seconds"] for record in self.history)
-
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) pairs of one logged quantity, for plots."""
-        return [(record["step"], record[key]) for record in self.history]
 
     def record(self, comparisons: dict[str, dict], rouge1_before: float, rouge1_after: float) -> dict:
         """The fields of results.json's "grpo" record: toxicity and each check's pass rate before and after
@@ -367,13 +357,10 @@ def train_grpo(
         start_step, history = state["step"], state["history"]
         restore_rng_state(state["rng"])
     else:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        seed_rngs(config.seed)
 
     policy.eval()  # no dropout: the policy that samples and the one being updated must be the same function
-    progress = tqdm(range(start_step, config.steps), desc="GRPO", initial=start_step, total=config.steps,
-                    disable=os.environ.get("TQDM_DISABLE") == "1")
+    progress = step_progress("GRPO", start_step, config.steps)
     with PeakMemory(policy.device) as memory:
         for step in progress:
             started = time.perf_counter()

@@ -26,12 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.adapters import lora_identity
@@ -40,7 +38,7 @@ from utils.generation import end_of_sequence_ids
 from utils.models import autocast, inference_copy
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
-from utils.plumbing.run_state import RunFolder, fingerprint, restore_rng_state, rng_state
+from utils.plumbing.run_state import RunFolder, StepLog, fingerprint, restore_rng_state, rng_state, seed_rngs, step_progress
 from utils.ppo_terms import (
     AdaptiveKLController,
     FixedKLController,
@@ -311,7 +309,7 @@ def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> lis
 # --- training ---------------------------------------------------------------------------------
 
 @dataclass
-class PPOResult:
+class PPOResult(StepLog):
     """What a PPO run produced: the trained policy and one log record per step."""
 
     policy: PolicyWithValueHead
@@ -320,10 +318,6 @@ class PPOResult:
     reused: bool = False  # True when the finished run was loaded instead of trained
     resumed_from: int = 0  # the step training continued from (0: from the start)
     peak_memory_mb: float | None = None  # of the steps trained in this process (reused: when first trained)
-
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) pairs of one logged quantity, for plots."""
-        return [(record["step"], record[key]) for record in self.history]
 
 
 def run_fingerprint(
@@ -540,13 +534,10 @@ def train_ppo(
             score_normalizer.load_state_dict(state["score_normalizer"])
         restore_rng_state(state["rng"])
     else:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        seed_rngs(config.seed)
 
     policy.eval()  # no dropout: the policy that samples and the one being updated must be the same function
-    progress = tqdm(range(start_step, config.steps), desc="PPO", initial=start_step, total=config.steps,
-                    disable=os.environ.get("TQDM_DISABLE") == "1")
+    progress = step_progress("PPO", start_step, config.steps)
     with PeakMemory(policy.device) as memory:
         for step in progress:
             started = time.perf_counter()

@@ -275,6 +275,35 @@ def _starts_with(path: Path, magic: bytes) -> bool:
         return stream.read(len(magic)) == magic
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed every random generator a run draws from (torch and CUDA, Python, NumPy), for a run that starts afresh."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def step_progress(name: str, start_step: int, steps: int):
+    """A progress bar over the steps still to run, counting from `start_step` (off when TQDM_DISABLE=1)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(range(start_step, steps), desc=name, initial=start_step, total=steps,
+                disable=os.environ.get("TQDM_DISABLE") == "1")
+
+
+class StepLog:
+    """What the results of a step-by-step run (PPO, DPO, GRPO) read from their `history`, one record per step."""
+
+    history: list[dict]
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(record["seconds"] for record in self.history)
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one logged quantity, for plots."""
+        return [(record["step"], record[key]) for record in self.history]
+
+
 def rng_state() -> dict:
     """The state of every random generator a run draws from (torch, CUDA, Python, NumPy), as JSON-ready lists."""
     state = {
