@@ -39,7 +39,7 @@ from utils.plumbing.files import PROJECT_ROOT, write_text_atomic
 RUN_JSON = PROJECT_ROOT / "reference" / "offline" / "run.json"
 BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 NOT_MEASURED = ("Not measured yet: this table is written from reference/offline/run.json, which "
-                "`python -m utils reference` writes after a reference run (`make run`).")
+                "`python -m utils reference` writes at the end of `make reference`.")
 LEARNER_PRECISION = "bf16 autocast"  # what a default run trains in on a CPU with bf16 (and on a GPU)
 
 
@@ -237,7 +237,7 @@ def notebook_times_block(expected: Expected, run: dict | None, root: Path) -> st
         total += seconds or 0
         lines.append(f"| {name} | {seconds:,.0f} | {f'{memory / 1024:.1f} GB' if memory else '—'} |")
     lines.append(f"| all | {total:,.0f} ({total / 60:.0f} min) | |")
-    lines += ["", f"Reference run: `make run` in the {run.get('profile', 'offline')} profile, {run.get('precision', '')}, "
+    lines += ["", f"Reference run: `make reference` (every notebook of the {run.get('profile', 'offline')} profile from an empty runs folder), {run.get('precision', '')}, "
               f"commit {str(run.get('commit', ''))[:8]}, lock {run.get('lock', '')}, on {run.get('machine', '')} "
               "(reference/offline/run.json)."]
     return "\n".join(lines) + "\n"
