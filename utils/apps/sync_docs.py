@@ -67,7 +67,9 @@ HEADLINES = {
                     ("reward_model", "", "untrained_accuracy"))],
     "08": [Headline("sampled toxicity, before → after DPO", ("dpo", "", "toxicity_after_mean"),
                     ("dpo", "", "toxicity_before_mean"))],
-    "09": [Headline("sampled toxicity, before → after GRPO", ("grpo", "", "toxicity_after_mean"),
+    "09": [Headline("summaries that copy no sentence, before → after GRPO", ("grpo", "", "pass_copies_no_sentence_after"),
+                    ("grpo", "", "pass_copies_no_sentence_before")),
+           Headline("sampled toxicity, before → after GRPO", ("grpo", "", "toxicity_after_mean"),
                     ("grpo", "", "toxicity_before_mean"))],
 }
 
