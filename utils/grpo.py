@@ -36,7 +36,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ from utils.models import autocast, autocast_dtype_name
 from utils.plumbing.files import atomic_directory, write_json_atomic
 from utils.plumbing.measure import PeakMemory
 from utils.plumbing.run_state import RunFolder, StepLog, fingerprint, restore_rng_state, rng_state, seed_rngs, step_progress
-from utils.ppo import Rollout, decode_responses, prompt_indices, sample_responses, why
+from utils.ppo import Rollout, decode_responses, prompt_indices, sample_responses, settings_with_reasons, why
 from utils.ppo_terms import logprobs_from_logits
 from utils.profiles import Profile
 
@@ -143,17 +143,6 @@ def grpo_config(profile: Profile, **overrides) -> GRPOConfig:
         seed=profile.seed,
     )
     return replace(config, **overrides) if overrides else config
-
-
-def settings_with_reasons(config: GRPOConfig, reasons: dict[str, str] | None = None) -> list[dict]:
-    """Each setting of `config` with its value and the reason for it: rows for a table.
-
-    `reasons` ({setting: reason}, a profile's) explain the values the profile chose; the other
-    settings keep the reason GRPOConfig gives for its default.
-    """
-    reasons = reasons or {}
-    return [{"setting": item.name, "value": getattr(config, item.name),
-             "why": reasons.get(item.name, item.metadata["why"])} for item in fields(config)]
 
 
 # --- the terms ----------------------------------------------------------------------------------

@@ -195,8 +195,9 @@ class PPOConfig:
         return FixedKLController(self.init_kl_coef)
 
 
-def settings_with_reasons(config: PPOConfig, reasons: dict[str, str] | None = None) -> list[dict]:
-    """Each setting of `config` with its value and the reason for it: rows for a table.
+def settings_with_reasons(config, reasons: dict[str, str] | None = None) -> list[dict]:
+    """Each setting of `config` (PPOConfig, GRPOConfig: fields made with `why`) with its value and the reason
+    for it: rows for a table.
 
     `reasons` ({setting: reason}, e.g. a profile's) give the reasons for the values a caller chose;
     the other settings keep the course's value and its reason.
